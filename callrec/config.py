@@ -1,0 +1,288 @@
+"""Configuration: a TOML file plus ``CALLREC_<SECTION>__<KEY>`` environment overrides.
+
+Every key is documented with its default in ``config.example.toml``. Unknown keys and bad
+values stop start-up with a :class:`ConfigError` that names the key, because a typo in a
+retention period or a webhook secret must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CALLREC_"
+DEFAULT_TENANT = "default"
+
+# Hosts that serve recording media for the providers we support. Twilio serves
+# RecordingUrl from api.twilio.com; Vonage from api.nexmo.com / api.vonage.com (and
+# regional api-*.vonage.com); Plivo from media.plivo.com.
+DEFAULT_MEDIA_HOSTS = (
+    "api.twilio.com",
+    "api.nexmo.com",
+    "api.vonage.com",
+    "api-us.vonage.com",
+    "api-eu.vonage.com",
+    "api-ap.vonage.com",
+    "media.plivo.com",
+)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the offending key."""
+
+
+def parse_duration(value: object, *, key: str) -> timedelta:
+    """Parse ``"90d"``, ``"12h"``, ``"30m"`` or ``"45s"``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a duration such as \"90d\", got {value!r}")
+    match = _DURATION.match(value)
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(f"{key}: expected a positive duration with unit s, m, h or d, got {value!r}")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_base_url: str = ""  # empty: http://{host}:{port}
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""  # empty: embedded PostgreSQL under data_dir
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "filesystem"
+    path: str = ""  # filesystem root; empty: <data_dir>/objects
+    bucket: str = ""
+    prefix: str = "recordings/"
+    endpoint_url: str = ""
+    region: str = ""
+    sse: str = ""  # "", "AES256" or "aws:kms"
+    sse_kms_key_id: str = ""
+    multipart_threshold_mb: int = 16
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    provider: str = "local"
+    path: str = ""  # local keyring file; empty: <data_dir>/keyring.json
+    kms_key_id: str = ""  # aws-kms: key ARN (or alias ARN)
+    kms_endpoint_url: str = ""
+    kms_region: str = ""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    media_hosts: tuple[str, ...] = DEFAULT_MEDIA_HOSTS
+    max_media_mb: int = 512
+    fetch_timeout: timedelta = timedelta(minutes=5)
+    provider_api_base: str = ""  # override of https://api.twilio.com, for tests against a local fake
+    max_attempts: int = 8
+    retry_base: timedelta = timedelta(seconds=5)
+    lease: timedelta = timedelta(minutes=10)
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    name: str
+    retention: timedelta = timedelta(days=90)
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    webhook_secret: str = ""
+    delete_provider_copy: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("callrec-data")
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    tenants: Mapping[str, TenantConfig] = field(
+        default_factory=lambda: {DEFAULT_TENANT: TenantConfig(name=DEFAULT_TENANT)}
+    )
+    log_level: str = "INFO"
+
+    @property
+    def public_base_url(self) -> str:
+        base = self.server.public_base_url or f"http://{self.server.host}:{self.server.port}"
+        return base.rstrip("/")
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.storage.path) if self.storage.path else self.data_dir / "objects"
+
+    @property
+    def keyring_path(self) -> Path:
+        return Path(self.keys.path) if self.keys.path else self.data_dir / "keyring.json"
+
+    def tenant(self, name: str) -> TenantConfig | None:
+        return self.tenants.get(name)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "database": DatabaseConfig,
+    "storage": StorageConfig,
+    "keys": KeysConfig,
+    "ingest": IngestConfig,
+}
+_CHOICES = {
+    "storage.backend": ("filesystem", "s3"),
+    "keys.provider": ("local", "aws-kms"),
+    "storage.sse": ("", "AES256", "aws:kms"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def _coerce(key: str, value: object, default: object) -> object:
+    """Turn a TOML or environment value into the type of the field's default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            out = value
+        elif isinstance(value, str) and value.strip().isdigit():
+            out = int(value)
+        else:
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if out < 0 or (key.endswith("port") and out > 65535):
+            raise ConfigError(f"{key}: {out} is out of range")
+        return out
+    if isinstance(default, timedelta):
+        return parse_duration(value, key=key)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    allowed = _CHOICES.get(key)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{key}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
+
+
+def _build(cls: type[Any], section: str, raw: Mapping[str, object], **extra: object) -> Any:
+    defaults = cls(**extra)
+    known = {f for f in cls.__dataclass_fields__ if f not in extra}
+    values: dict[str, object] = dict(extra)
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown key")
+        values[key] = _coerce(f"{section}.{key}", value, getattr(defaults, key))
+    return cls(**values)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``CALLREC_SERVER__PORT=9000`` → ``{"server": {"port": "9000"}}``;
+    ``CALLREC_TENANTS__ACME__RETENTION=30d`` → ``{"tenants": {"acme": {"retention": "30d"}}}``."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "CALLREC_CONFIG":
+            continue
+        if name.startswith("CALLREC_TEST_"):
+            continue  # test-harness settings, not service configuration
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: conflicts with another CALLREC_ variable")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (or ``$CALLREC_CONFIG``; none at all means embedded defaults) and apply
+    environment overrides. Raises :class:`ConfigError` naming the key on any problem."""
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get("CALLREC_CONFIG"):
+        path = Path(environ["CALLREC_CONFIG"])
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    raw = _merge(raw, _env_overrides(environ))
+    return config_from_mapping(raw)
+
+
+def config_from_mapping(raw: Mapping[str, Any]) -> Config:
+    top: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS or key == "tenants":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: expected a table")
+            continue
+        if key not in ("data_dir", "log_level"):
+            raise ConfigError(f"{key}: unknown key")
+        top[key] = _coerce(key, value, getattr(Config(), key))
+    sections = {name: _build(cls, name, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+
+    tenants_raw = raw.get("tenants", {})
+    tenants: dict[str, TenantConfig] = {}
+    for name, body in tenants_raw.items():
+        if not _TENANT_NAME.match(name):
+            raise ConfigError(f"tenants.{name}: tenant names are lower-case letters, digits, '-' and '_'")
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"tenants.{name}: expected a table")
+        tenants[name] = _build(TenantConfig, f"tenants.{name}", body, name=name)
+    if not tenants:
+        tenants = {DEFAULT_TENANT: TenantConfig(name=DEFAULT_TENANT)}
+
+    storage: StorageConfig = sections["storage"]
+    if storage.backend == "s3" and not storage.bucket:
+        raise ConfigError("storage.bucket: required when storage.backend = \"s3\"")
+    keys: KeysConfig = sections["keys"]
+    if keys.provider == "aws-kms" and not keys.kms_key_id.startswith("arn:"):
+        raise ConfigError("keys.kms_key_id: an AWS KMS key ARN is required when keys.provider = \"aws-kms\"")
+    server: ServerConfig = sections["server"]
+    if server.public_base_url and not re.match(r"^https?://[^/\s]+(/.*)?$", server.public_base_url):
+        raise ConfigError(f"server.public_base_url: expected an http(s) URL, got {server.public_base_url!r}")
+    return Config(tenants=tenants, **top, **sections)

@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -119,3 +120,132 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+# --- the application under test -------------------------------------------------------------
+
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_TOKEN = "twilio-auth-token-for-tests"
+PUBLIC_BASE = "https://callrec.example.test"
+WEBHOOK_SECRET = "pbx-shared-secret-for-tests"
+
+
+class FakeTwilio:
+    """Twilio's REST API as far as callrec uses it: Calls, recording media, recording delete.
+
+    Checks HTTP Basic auth like Twilio does. ``media`` maps RecordingSid to the bytes served.
+    """
+
+    def __init__(self) -> None:
+        self.media: dict[str, bytes] = {}
+        self.calls: dict[str, dict[str, str]] = {}
+        self.deleted: list[str] = []
+        self.media_requests = 0
+        self.fail_media = 0  # answer this many media requests with 500 first
+        self.base = ""
+
+    def app(self) -> Any:
+        from aiohttp import BasicAuth, web
+
+        def authorised(request: web.Request) -> bool:
+            try:
+                auth = BasicAuth.decode(request.headers.get("Authorization", ""))
+            except ValueError:
+                return False
+            return auth.login == TWILIO_SID and auth.password == TWILIO_TOKEN
+
+        async def recording(request: web.Request) -> web.StreamResponse:
+            if not authorised(request):
+                return web.Response(status=401)
+            self.media_requests += 1
+            if self.fail_media > 0:
+                self.fail_media -= 1
+                return web.Response(status=500)
+            sid = request.match_info["sid"]
+            if sid not in self.media:
+                return web.Response(status=404)
+            return web.Response(body=self.media[sid], content_type="audio/x-wav")
+
+        async def call(request: web.Request) -> web.Response:
+            if not authorised(request):
+                return web.Response(status=401)
+            sid = request.match_info["sid"]
+            body = self.calls.get(sid, {
+                "sid": sid, "from": "+447700900123", "to": "+14155550100", "direction": "inbound",
+                "start_time": "Mon, 23 Nov 2026 10:00:00 +0000",
+            })
+            return web.json_response(body)
+
+        async def delete(request: web.Request) -> web.Response:
+            if not authorised(request):
+                return web.Response(status=401)
+            sid = request.match_info["sid"]
+            self.deleted.append(sid)
+            return web.Response(status=204 if self.media.pop(sid, None) is not None else 404)
+
+        app = web.Application()
+        prefix = "/2010-04-01/Accounts/{account}"
+        app.router.add_get(prefix + "/Recordings/{sid:RE[0-9a-f]+}", recording)
+        app.router.add_get(prefix + "/Calls/{sid}.json", call)
+        app.router.add_delete(prefix + "/Recordings/{sid}.json", delete)
+        return app
+
+    def recording_url(self, sid: str) -> str:
+        return f"{self.base}/2010-04-01/Accounts/{TWILIO_SID}/Recordings/{sid}"
+
+
+@pytest.fixture
+async def fake_twilio() -> AsyncIterator[FakeTwilio]:
+    from aiohttp.test_utils import TestServer
+
+    fake = FakeTwilio()
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    fake.base = str(server.make_url("")).rstrip("/")
+    try:
+        yield fake
+    finally:
+        await server.close()
+
+
+def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
+    """A test config: real database, filesystem store under tmp_path, a tenant with secrets."""
+    from callrec.config import config_from_mapping
+
+    raw: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "server": {"public_base_url": PUBLIC_BASE},
+        "database": {"url": database_url},
+        "ingest": {"media_hosts": ["127.0.0.1"], "retry_base": "1s"},
+        "tenants": {
+            "acme": {"twilio_account_sid": TWILIO_SID, "twilio_auth_token": TWILIO_TOKEN,
+                     "webhook_secret": WEBHOOK_SECRET, "retention": "90d"},
+            "other": {"twilio_account_sid": "AC" + "f" * 32, "twilio_auth_token": "other-token",
+                      "webhook_secret": "other-secret"},
+        },
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(raw.get(name), dict):
+            raw[name] = {**raw[name], **values}
+        else:
+            raw[name] = values
+    return config_from_mapping(raw)
+
+
+@pytest.fixture
+def app_config(tmp_path: Path, database_url: str) -> Any:
+    """Build a config with some sections replaced: ``app_config(storage={...})``."""
+    return lambda **sections: make_config(tmp_path, database_url, **sections)
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Any:
+    return make_config(tmp_path, database_url)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, config: Any) -> Any:
+    """The app with background workers off: tests drive the worker with run_once()."""
+    from callrec.app import create_app
+
+    return await aiohttp_client(create_app(config, run_workers=False))

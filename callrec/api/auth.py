@@ -1,0 +1,40 @@
+"""Bearer-token authentication for ``/api/v1``. The token fixes the tenant: a request can
+never name another tenant's data, so tenant isolation does not depend on each handler."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from callrec.appkeys import db_key
+from callrec.db import tokens
+from callrec.errors import CallrecError, Unauthorized
+
+# Every scope a token can carry. Later features add theirs here so `token create` can check them.
+SCOPES = {
+    "recordings:read": "list and read recording metadata",
+    "recordings:listen": "stream decrypted recording audio (audited)",
+    "jobs:admin": "list and retry dead ingest jobs",
+}
+
+
+class InsufficientScope(CallrecError):
+    status = 403
+    code = "insufficient_scope"
+
+
+async def authenticate(request: web.Request, scope: str) -> tokens.ApiToken:
+    header = request.headers.get("Authorization", "")
+    kind, _, value = header.partition(" ")
+    if kind.lower() != "bearer" or not value.strip():
+        raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
+    async with request.app[db_key].acquire() as conn:
+        token = await tokens.lookup(conn, value.strip())
+    if token is None:
+        raise Unauthorized("the API token is unknown or revoked", code="invalid_token")
+    if scope not in token.scopes:
+        raise InsufficientScope(f"this token lacks the {scope!r} scope")
+    return token
+
+
+def actor(token: tokens.ApiToken) -> str:
+    return f"token:{token.id}"

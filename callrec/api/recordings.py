@@ -1,0 +1,242 @@
+"""``/api/v1/recordings``: list, read and listen. Every look writes an audit entry."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from callrec import audio
+from callrec.api.auth import actor, authenticate
+from callrec.appkeys import db_key, keys_key, store_key
+from callrec.crypto import envelope
+from callrec.db import audit, recordings
+from callrec.errors import BadRequest, NotFound, RangeNotSatisfiable
+from callrec.ingest.webhooks import normalise_e164
+
+MAX_PAGE = 200
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def mask_phone(e164: str) -> str:
+    """Keep the country code and the last two digits: enough to tell calls apart on screen."""
+    if not e164.startswith("+") or len(e164) < 6:
+        return "•" * 4
+    return e164[:3] + "•" * (len(e164) - 5) + e164[-2:]
+
+
+def recording_json(rec: recordings.Recording, *, parties: dict[str, str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(rec.id),
+        "tenant": rec.tenant,
+        "provider": rec.provider,
+        "call_id": rec.call_id,
+        "provider_recording_id": rec.provider_recording_id,
+        "state": rec.state,
+        "started_at": _iso(rec.started_at),
+        "stored_at": _iso(rec.stored_at),
+        "expires_at": _iso(rec.expires_at),
+        "duration_ms": rec.duration_ms,
+        "channels": rec.channels,
+        "sample_rate": rec.sample_rate,
+        "format": rec.format,
+        "codec": rec.codec,
+        "size_bytes": rec.size_bytes,
+        "sha256": rec.sha256,
+        "direction": rec.direction,
+        "announcement": rec.announcement,
+        "consent": rec.consent,
+        "agent": rec.agent,
+    }
+    if parties is not None:
+        body["parties"] = parties
+    return body
+
+
+def _encode_cursor(rec: recordings.Recording) -> str:
+    raw = f"{rec.stored_at.isoformat()}|{rec.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        stamp, _, rid = raw.partition("|")
+        return datetime.fromisoformat(stamp), uuid.UUID(rid)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("the cursor is not one this API returned", code="invalid_cursor") from None
+
+
+def _time_param(request: web.Request, name: str) -> datetime | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO 8601 time with a UTC offset", code="invalid_parameter") from None
+    if parsed.tzinfo is None:
+        raise BadRequest(f"{name} must carry a UTC offset", code="invalid_parameter")
+    return parsed
+
+
+def _recording_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFound("no such recording") from None
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    token = await authenticate(request, "recordings:read")
+    known = {"call_id", "from", "to", "phone", "agent", "limit", "cursor"}
+    unknown = sorted(set(request.query) - known)
+    if unknown:
+        raise BadRequest(f"unknown query parameters: {', '.join(unknown)}", code="invalid_parameter")
+    limit_raw = request.query.get("limit", "50")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_PAGE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    limit = int(limit_raw)
+    after = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
+    async with request.app[db_key].acquire() as conn:
+        phone_hash = None
+        if "phone" in request.query:
+            e164 = normalise_e164(request.query["phone"], field="phone")
+            phone_hash = await request.app[keys_key].phone_hash(conn, token.tenant, e164)
+        filters = recordings.RecordingFilter(
+            call_id=request.query.get("call_id"),
+            stored_from=_time_param(request, "from"),
+            stored_to=_time_param(request, "to"),
+            phone_hash=phone_hash,
+            agent=request.query.get("agent"),
+        )
+        async with conn.transaction():
+            rows = await recordings.page(conn, tenant=token.tenant, filters=filters, after=after, limit=limit + 1)
+            shown = rows[:limit]
+            # Listing is a look at metadata: one entry per page, naming what was shown.
+            await audit.record(
+                conn, tenant=token.tenant, actor=actor(token), action=audit.AuditAction.RECORDING_LISTED,
+                details={"count": len(shown), "recording_ids": [str(r.id) for r in shown],
+                         "filters": sorted(k for k in request.query if k not in ("limit", "cursor"))},
+            )
+    return web.json_response({
+        "items": [recording_json(r) for r in shown],
+        "next_cursor": _encode_cursor(shown[-1]) if len(rows) > limit else None,
+    })
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    token = await authenticate(request, "recordings:read")
+    rid = _recording_id(request)
+    keys = request.app[keys_key]
+    async with request.app[db_key].acquire() as conn, conn.transaction():
+        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
+        if rec is None:
+            raise NotFound("no such recording")
+        await audit.record(conn, tenant=token.tenant, actor=actor(token),
+                           action=audit.AuditAction.RECORDING_VIEWED, recording_id=rec.id)
+    parties = {}
+    for role, sealed in (("from", rec.from_sealed), ("to", rec.to_sealed)):
+        if sealed:
+            parties[role] = mask_phone(await keys.open_phone(rec.tenant, str(rec.id), role, sealed))
+    return web.json_response(recording_json(rec, parties=parties))
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A single byte range (RFC 9110 §14.1.2) as inclusive (start, end); None for the whole body.
+
+    Multiple ranges are answered with the whole body, which RFC 9110 allows.
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":  # suffix range: the last N bytes
+        length = int(last)
+        if length == 0:
+            raise RangeNotSatisfiable("the requested range is empty")
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise RangeNotSatisfiable(f"the recording has {size} bytes")
+    return start, end
+
+
+async def get_audio(request: web.Request) -> web.StreamResponse:
+    token = await authenticate(request, "recordings:listen")
+    rid = _recording_id(request)
+    async with request.app[db_key].acquire() as conn:
+        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
+        if rec is None:
+            raise NotFound("no such recording")
+        if rec.state != "stored" or not rec.wrapped_key or not rec.object_key:
+            raise NotFound("this recording's audio no longer exists", code="audio_destroyed")
+        try:
+            span = parse_range(request.headers.get("Range"), rec.size_bytes)
+        except RangeNotSatisfiable:
+            resp = web.json_response(
+                {"error": {"code": "range_not_satisfiable", "message": f"the recording has {rec.size_bytes} bytes"}},
+                status=416,
+            )
+            resp.headers["Content-Range"] = f"bytes */{rec.size_bytes}"
+            return resp
+        start, end = span if span else (0, rec.size_bytes - 1)
+        # The listen is on the record before a single byte leaves.
+        async with conn.transaction():
+            await audit.record(
+                conn, tenant=token.tenant, actor=actor(token), action=audit.AuditAction.RECORDING_PLAYED,
+                recording_id=rec.id, details={"range": [start, end] if span else None},
+            )
+
+    kek = await request.app[keys_key].kek(rec.tenant)
+    handle = await asyncio.to_thread(envelope.unwrap_key, rec.wrapped_key, kek,
+                                     tenant=rec.tenant, recording_id=str(rec.id))
+    reader = await request.app[store_key].open_reader(rec.object_key, version_id=rec.object_version)
+    try:
+        plain = await asyncio.to_thread(envelope.decrypt_stream, reader, handle,
+                                        tenant=rec.tenant, recording_id=str(rec.id))
+        resp = web.StreamResponse(status=206 if span else 200)
+        resp.content_type = audio.content_type_for(
+            audio.AudioInfo(format=rec.format, codec=rec.codec, duration_ms=rec.duration_ms,
+                            channels=rec.channels, sample_rate=rec.sample_rate))
+        resp.content_length = end - start + 1
+        resp.headers["Accept-Ranges"] = "bytes"
+        resp.headers["Cache-Control"] = "no-store"
+        if span:
+            resp.headers["Content-Range"] = f"bytes {start}-{end}/{rec.size_bytes}"
+        await resp.prepare(request)
+        # Tink's stream is sequential: skip to the start of the range by decrypting past it.
+        skip = start
+        while skip > 0:
+            chunk = await asyncio.to_thread(plain.read, min(skip, envelope.CHUNK_SIZE))
+            if not chunk:
+                break
+            skip -= len(chunk)
+        remaining = end - start + 1
+        while remaining > 0:
+            chunk = await asyncio.to_thread(plain.read, min(remaining, envelope.CHUNK_SIZE))
+            if not chunk:
+                break
+            await resp.write(chunk)
+            remaining -= len(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        await asyncio.to_thread(reader.close)

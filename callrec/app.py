@@ -1,0 +1,143 @@
+"""The aiohttp application: one factory, every resource opened and closed in a cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from callrec import audio
+from callrec.api import recordings as api_recordings
+from callrec.appkeys import config_key, db_key, keys_key, store_key
+from callrec.config import Config
+from callrec.crypto.keys import open_key_provider
+from callrec.db.pool import DatabaseUnavailable, create_pool
+from callrec.errors import CallrecError
+from callrec.ingest import webhooks
+from callrec.ingest.worker import Worker
+from callrec.keyring import TenantKeys
+from callrec.storage import open_object_store
+from callrec.storage.base import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+request_id_key = "callrec.request_id"
+worker_key = web.AppKey("worker", Worker)
+
+# Failures of our dependencies, not of the client: answered 503 so that the sender retries.
+UNAVAILABLE = (DatabaseUnavailable, StoreUnavailable, OSError, asyncpg.PostgresConnectionError,
+               asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request[request_id_key] = rid
+    try:
+        response = await handler(request)
+    except CallrecError as exc:
+        response = web.json_response(error_body(exc.code, exc.message), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = web.json_response(error_body(exc.reason.lower().replace(" ", "_"), exc.reason),
+                                     status=exc.status, headers={k: v for k, v in exc.headers.items()
+                                                                 if k.lower() == "allow"})
+    except UNAVAILABLE:
+        log.warning("request %s: a dependency is unavailable", rid, exc_info=True)
+        response = web.json_response(
+            error_body("unavailable", "a backing service is unavailable; nothing was accepted, retry later"),
+            status=503, headers={"Retry-After": "30"},
+        )
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("request %s failed", rid)
+        response = web.json_response(error_body("internal", f"internal error (request id {rid})"), status=500)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        async with request.app[db_key].acquire(timeout=5) as conn:
+            await conn.fetchval("SELECT 1", timeout=5)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable ({exc.__class__.__name__})"
+    try:
+        await asyncio.wait_for(request.app[store_key].check(), 10)
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"unavailable ({exc.__class__.__name__})"
+    ok = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+
+
+def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
+    app[config_key] = config
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        audio.configure_ffmpeg()
+        provider = await asyncio.to_thread(open_key_provider, config.keys, keyring_path=config.keyring_path)
+        for tenant in config.tenants:
+            await asyncio.to_thread(provider.ensure_tenant, tenant)
+        app[keys_key] = TenantKeys(provider)
+        app[store_key] = open_object_store(config.storage, root=config.storage_path)
+        app[db_key] = await create_pool(config)
+        try:
+            yield
+        finally:
+            await app[db_key].close()
+            await app[store_key].close()
+
+    async def workers(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60),
+            headers={"User-Agent": "callrec"},
+        ) as http:
+            worker = Worker(app, http)
+            app[worker_key] = worker
+            task = asyncio.create_task(worker.run(config.ingest.workers)) if run_workers else None
+            try:
+                yield
+            finally:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    # The worker uses the pool and store, so its context must start after theirs.
+    app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(workers)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/webhooks/twilio/{tenant}", webhooks.twilio_recording)
+    app.router.add_post("/webhooks/upload/{tenant}", webhooks.pbx_upload)
+    app.router.add_get("/api/v1/recordings", api_recordings.list_recordings)
+    app.router.add_get("/api/v1/recordings/{id}", api_recordings.get_recording)
+    app.router.add_get("/api/v1/recordings/{id}/audio", api_recordings.get_audio)
+    return app

@@ -1,0 +1,267 @@
+"""The ``callrec`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from callrec.config import Config, ConfigError, load_config
+
+log = logging.getLogger("callrec")
+
+
+def _setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"callrec: {message}", file=sys.stderr)
+    return code
+
+
+def _tenant(config: Config, name: str | None) -> str:
+    tenant = name or next(iter(config.tenants))
+    if tenant not in config.tenants:
+        raise ConfigError(f"unknown tenant {tenant!r}; configured: {', '.join(config.tenants)}")
+    return tenant
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from callrec.app import create_app
+
+    app = create_app(config, run_workers=not args.no_workers)
+    log.info("callrec listening on %s:%s (public URL %s)", config.server.host, config.server.port,
+             config.public_base_url)
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None)
+    return 0
+
+
+def cmd_worker(config: Config, args: argparse.Namespace) -> int:
+    from callrec.app import create_app
+
+    async def run() -> None:
+        runner = web.AppRunner(create_app(config, run_workers=True))
+        await runner.setup()  # opens the pool and store and starts the workers; no HTTP site
+        try:
+            await _wait_for_signal()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    from callrec.db.migrate import migrate
+    from callrec.db.pool import connect
+
+    async def run() -> list[str]:
+        async with connect(config) as conn:
+            return await migrate(conn)
+
+    applied = asyncio.run(run())
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
+    from callrec.api.auth import SCOPES
+    from callrec.db import audit, tokens
+    from callrec.db.pool import create_pool
+
+    unknown = [s for s in args.scope if s not in SCOPES]
+    if unknown:
+        known = "\n  ".join(f"{k}: {v}" for k, v in SCOPES.items())
+        return _fail(f"unknown scope(s) {', '.join(unknown)}; known scopes:\n  {known}")
+    tenant = _tenant(config, args.tenant)
+
+    async def run() -> str:
+        pool = await create_pool(config, )
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                row, token = await tokens.create(conn, tenant=tenant, name=args.name, scopes=sorted(set(args.scope)))
+                await audit.record(conn, tenant=tenant, actor="cli", action=audit.AuditAction.TOKEN_CREATED,
+                                   details={"token_id": str(row.id), "name": args.name, "scopes": row.scopes})
+            return token
+        finally:
+            await pool.close()
+
+    print(asyncio.run(run()))
+    print("store this token now: it is not shown again", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_rotate(config: Config, args: argparse.Namespace) -> int:
+    from callrec.crypto.keys import open_key_provider
+    from callrec.db import audit
+    from callrec.db.pool import create_pool
+
+    tenants = [_tenant(config, args.tenant)] if args.tenant else list(config.tenants)
+    provider = open_key_provider(config.keys, keyring_path=config.keyring_path)
+
+    async def run() -> None:
+        pool = await create_pool(config)
+        try:
+            for tenant in tenants:
+                provider.ensure_tenant(tenant)
+                description = provider.rotate(tenant)
+                async with pool.acquire() as conn, conn.transaction():
+                    await audit.record(conn, tenant=tenant, actor="cli", action=audit.AuditAction.KEYS_ROTATED,
+                                       details={"provider": config.keys.provider, "result": description})
+                print(f"{tenant}: {description}")
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
+    from callrec.db import audit
+    from callrec.db.pool import connect
+
+    async def run() -> audit.VerifyResult:
+        async with connect(config) as conn:
+            return await audit.verify(conn)
+
+    result = asyncio.run(run())
+    if result.ok:
+        print(f"audit log intact: {result.entries} entries, chain head at {result.head_seq}")
+        return 0
+    print(f"audit log BROKEN ({result.entries} entries read):", file=sys.stderr)
+    for problem in result.problems[:100]:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_jobs_list(config: Config, args: argparse.Namespace) -> int:
+    from callrec.db import jobs
+    from callrec.db.pool import connect
+
+    async def run() -> list[jobs.Job]:
+        async with connect(config) as conn:
+            return await jobs.list_jobs(conn, state=args.state, tenant=args.tenant, limit=args.limit)
+
+    found = asyncio.run(run())
+    if args.json:
+        print(json.dumps([{"id": j.id, "tenant": j.tenant, "kind": j.kind, "state": j.state,
+                           "attempts": j.attempts, "last_error": j.last_error,
+                           "updated_at": j.updated_at.isoformat()} for j in found], indent=2))
+        return 0
+    if not found:
+        print(f"no {args.state} jobs")
+    for j in found:
+        print(f"{j.id}\t{j.tenant}\t{j.kind}\t{j.state}\tattempts={j.attempts}\t{j.updated_at:%Y-%m-%d %H:%M}\t"
+              f"{j.last_error or ''}")
+    return 0
+
+
+def cmd_jobs_retry(config: Config, args: argparse.Namespace) -> int:
+    from callrec.db import audit, jobs
+    from callrec.db.pool import connect
+
+    async def run() -> list[int]:
+        missing: list[int] = []
+        async with connect(config) as conn:
+            for job_id in args.job_id:
+                async with conn.transaction():
+                    job = await jobs.retry_dead(conn, job_id, tenant=args.tenant)
+                    if job is None:
+                        missing.append(job_id)
+                        continue
+                    await audit.record(conn, tenant=job.tenant, actor="cli", action=audit.AuditAction.INGEST_RETRIED,
+                                       details={"job_id": job.id, "kind": job.kind})
+                print(f"job {job_id} queued again")
+        return missing
+
+    missing = asyncio.run(run())
+    if missing:
+        return _fail(f"not dead (or not found): {', '.join(map(str, missing))}", 1)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callrec", description="Call-recording privacy middleware.")
+    parser.add_argument("--config", "-c", type=Path, help="TOML config file (default: $CALLREC_CONFIG, "
+                        "else embedded defaults in ./callrec-data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the web service, workers and sweeper")
+    serve.add_argument("--no-workers", action="store_true", help="serve HTTP only; run `callrec worker` elsewhere")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("worker", help="run ingest workers only").set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    create = token.add_parser("create", help="create an API token and print it once")
+    create.add_argument("name")
+    create.add_argument("--scope", action="append", required=True, metavar="SCOPE")
+    create.add_argument("--tenant")
+    create.set_defaults(func=cmd_token_create)
+
+    keys = sub.add_parser("keys", help="key-encryption keys").add_subparsers(dest="keys_command", required=True)
+    rotate = keys.add_parser("rotate", help="add a new KEK version; old recordings stay readable")
+    rotate.add_argument("--tenant")
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    audit_p = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    audit_p.add_parser("verify", help="check the hash chain end to end").set_defaults(func=cmd_audit_verify)
+
+    jobs_p = sub.add_parser("jobs", help="the ingest job queue").add_subparsers(dest="jobs_command", required=True)
+    ls = jobs_p.add_parser("list", help="list jobs (dead ones by default)")
+    ls.add_argument("--state", default="dead", choices=("queued", "running", "done", "dead"))
+    ls.add_argument("--tenant")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_jobs_list)
+    retry = jobs_p.add_parser("retry", help="queue dead jobs again")
+    retry.add_argument("job_id", type=int, nargs="+")
+    retry.add_argument("--tenant")
+    retry.set_defaults(func=cmd_jobs_retry)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}")
+    _setup_logging(config)
+    try:
+        result: int = args.func(config, args)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}")
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

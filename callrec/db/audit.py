@@ -1,0 +1,156 @@
+"""The audit log: append-only, hash-chained, written in the caller's transaction.
+
+Every entry's hash covers the previous entry's hash and a canonical encoding of its own
+fields, so editing, reordering or removing any entry breaks the chain from that point on;
+``audit_head`` (updated with each entry) makes the removal of the newest entries visible too.
+Details never carry phone numbers, names or audio: callers pass pseudonymous ids only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+GENESIS = b"\x00" * 32
+# Serialises appends to the chain; held until the writer's transaction ends.
+_CHAIN_LOCK = 0x617564697400  # "audit\0"
+
+
+class AuditAction(StrEnum):
+    RECORDING_INGESTED = "recording:ingested"
+    RECORDING_VIEWED = "recording:viewed"
+    RECORDING_LISTED = "recording:listed"
+    RECORDING_PLAYED = "recording:played"
+    INGEST_FAILED = "ingest:failed"
+    INGEST_RETRIED = "ingest:retried"
+    PROVIDER_EVENT = "provider:event"
+    PROVIDER_COPY_DELETED = "provider:copy-deleted"
+    TOKEN_CREATED = "token:created"
+    KEYS_ROTATED = "keys:rotated"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    tenant: str
+    actor: str
+    action: str
+    recording_id: uuid.UUID | None
+    details: dict[str, Any]
+    prev_hash: bytes
+    hash: bytes
+
+
+def _canonical(
+    *, seq: int, at: datetime, tenant: str, actor: str, action: str,
+    recording_id: uuid.UUID | None, details: dict[str, Any],
+) -> bytes:
+    body = {
+        "seq": seq,
+        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "tenant": tenant,
+        "actor": actor,
+        "action": action,
+        "recording_id": str(recording_id) if recording_id else None,
+        "details": details,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def entry_hash(prev_hash: bytes, canonical: bytes) -> bytes:
+    return hashlib.sha256(prev_hash + canonical).digest()
+
+
+async def record(
+    conn: asyncpg.Connection,
+    *,
+    tenant: str,
+    actor: str,
+    action: AuditAction,
+    recording_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append one entry. Must be called inside the transaction that makes the change."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("audit entries are written in the transaction of the change they record")
+    details = details or {}
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
+    head = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id")
+    seq, prev = (head["seq"] + 1, bytes(head["hash"])) if head else (1, GENESIS)
+    # Truncated to microseconds: PostgreSQL keeps exactly that, so verify re-derives the same bytes.
+    at = datetime.now(UTC)
+    digest = entry_hash(
+        prev,
+        _canonical(seq=seq, at=at, tenant=tenant, actor=actor, action=str(action),
+                   recording_id=recording_id, details=details),
+    )
+    await conn.execute(
+        """INSERT INTO audit_log (seq, at, tenant, actor, action, recording_id, details, prev_hash, hash)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        seq, at, tenant, actor, str(action), recording_id, json.dumps(details), prev, digest,
+    )
+    await conn.execute(
+        """INSERT INTO audit_head (id, seq, hash) VALUES (true, $1, $2)
+           ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash""",
+        seq, digest,
+    )
+    return AuditEntry(seq, at, tenant, actor, str(action), recording_id, details, prev, digest)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int
+    head_seq: int
+    problems: list[str]
+
+
+async def verify(conn: asyncpg.Connection, *, batch: int = 5000) -> VerifyResult:
+    """Walk the whole chain and report every entry that was edited, removed or reordered."""
+    problems: list[str] = []
+    prev = GENESIS
+    expected_seq = 1
+    count = 0
+    last_seq = 0
+    while True:
+        rows = await conn.fetch(
+            """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash
+               FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2""",
+            expected_seq if not count else last_seq + 1,
+            batch,
+        )
+        if not rows:
+            break
+        for row in rows:
+            count += 1
+            seq = row["seq"]
+            if seq != expected_seq:
+                problems.append(f"entries {expected_seq}..{seq - 1} are missing")
+            if bytes(row["prev_hash"]) != prev:
+                problems.append(f"entry {seq}: link to the previous entry is broken")
+            digest = entry_hash(
+                bytes(row["prev_hash"]),
+                _canonical(seq=seq, at=row["at"], tenant=row["tenant"], actor=row["actor"],
+                           action=row["action"], recording_id=row["recording_id"],
+                           details=json.loads(row["details"])),
+            )
+            if digest != bytes(row["hash"]):
+                problems.append(f"entry {seq}: content does not match its hash (edited)")
+            prev = bytes(row["hash"])
+            expected_seq = seq + 1
+            last_seq = seq
+    head = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id")
+    head_seq = head["seq"] if head else 0
+    if head and (head["seq"] != last_seq or bytes(head["hash"]) != prev):
+        problems.append(f"chain head says entry {head['seq']} is the newest, the log ends at {last_seq}")
+    if not head and count:
+        problems.append("chain head is missing")
+    return VerifyResult(ok=not problems, entries=count, head_seq=head_seq, problems=problems)

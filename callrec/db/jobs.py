@@ -1,0 +1,165 @@
+"""The durable job queue in PostgreSQL.
+
+Claiming uses ``FOR UPDATE SKIP LOCKED`` so any number of worker processes share one table
+without blocking each other. A claimed job carries a lease: a worker that dies leaves the job
+``running`` with an expired lease, and the next claim takes it over. Failures retry with
+exponential backoff; after ``max_attempts`` the job is ``dead`` with its last error, until an
+operator retries it. ``pg_notify`` on enqueue wakes idle workers at commit time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+NOTIFY_CHANNEL = "callrec_jobs"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    tenant: str
+    kind: str
+    dedupe_key: str
+    payload: dict[str, Any]
+    state: str
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    lease_until: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_COLUMNS = (
+    "id, tenant, kind, dedupe_key, payload, state, attempts, max_attempts, run_at, lease_until, "
+    "last_error, created_at, updated_at"
+)
+
+
+def _job(row: asyncpg.Record) -> Job:
+    values = dict(row)
+    values["payload"] = json.loads(values["payload"])
+    return Job(**values)
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    *,
+    tenant: str,
+    kind: str,
+    dedupe_key: str,
+    payload: dict[str, Any],
+    max_attempts: int,
+) -> tuple[int, bool]:
+    """Insert a job unless one with the same (tenant, kind, dedupe_key) exists.
+
+    Returns ``(job_id, created)``. The notification is delivered when the caller's
+    transaction commits, never before, so a worker cannot see an uncommitted job.
+    """
+    row = await conn.fetchrow(
+        """INSERT INTO jobs (tenant, kind, dedupe_key, payload, max_attempts)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (tenant, kind, dedupe_key) DO NOTHING
+           RETURNING id""",
+        tenant, kind, dedupe_key, json.dumps(payload), max_attempts,
+    )
+    if row is None:
+        existing = await conn.fetchval(
+            "SELECT id FROM jobs WHERE tenant = $1 AND kind = $2 AND dedupe_key = $3",
+            tenant, kind, dedupe_key,
+        )
+        return int(existing), False
+    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return int(row["id"]), True
+
+
+async def claim(conn: asyncpg.Connection, *, worker_id: str, lease: timedelta) -> Job | None:
+    """Take the oldest runnable job: queued and due, or running with an expired lease."""
+    row = await conn.fetchrow(
+        f"""UPDATE jobs SET state = 'running', attempts = attempts + 1,
+                   lease_until = now() + $2, locked_by = $1, updated_at = now()
+            WHERE id = (
+                SELECT id FROM jobs
+                WHERE (state = 'queued' AND run_at <= now())
+                   OR (state = 'running' AND lease_until < now())
+                ORDER BY run_at
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {_COLUMNS}""",
+        worker_id, lease,
+    )
+    return _job(row) if row else None
+
+
+async def complete(conn: asyncpg.Connection, job_id: int, *, worker_id: str,
+                   result: dict[str, Any] | None = None) -> bool:
+    """Mark done; False if the lease was lost to another worker meanwhile."""
+    status = await conn.execute(
+        """UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL, result = $3,
+                  updated_at = now()
+           WHERE id = $1 AND state = 'running' AND locked_by = $2""",
+        job_id, worker_id, json.dumps(result or {}),
+    )
+    return status.endswith(" 1")
+
+
+def backoff(attempts: int, base: timedelta, *, cap: timedelta = timedelta(hours=1)) -> timedelta:
+    """Exponential backoff: base, 2*base, 4*base, ... capped."""
+    return min(base * (2 ** max(attempts - 1, 0)), cap)
+
+
+async def fail(
+    conn: asyncpg.Connection,
+    job: Job,
+    *,
+    worker_id: str,
+    error: str,
+    retry_base: timedelta,
+    permanent: bool = False,
+) -> str:
+    """Record a failure: schedule a retry, or move to ``dead`` after the last attempt
+    (or at once when ``permanent``: retrying an undecodable file cannot help)."""
+    dead = permanent or job.attempts >= job.max_attempts
+    state = "dead" if dead else "queued"
+    await conn.execute(
+        """UPDATE jobs SET state = $3, last_error = $4, lease_until = NULL,
+                  run_at = now() + $5, updated_at = now()
+           WHERE id = $1 AND locked_by = $2 AND state = 'running'""",
+        job.id, worker_id, state, error[:2000], timedelta(0) if dead else backoff(job.attempts, retry_base),
+    )
+    return state
+
+
+async def list_jobs(conn: asyncpg.Connection, *, state: str, tenant: str | None = None,
+                    limit: int = 100) -> list[Job]:
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM jobs
+            WHERE state = $1 AND ($2::text IS NULL OR tenant = $2)
+            ORDER BY updated_at DESC LIMIT $3""",
+        state, tenant, limit,
+    )
+    return [_job(r) for r in rows]
+
+
+async def retry_dead(conn: asyncpg.Connection, job_id: int, *, tenant: str | None = None) -> Job | None:
+    """Put a dead job back in the queue with a fresh attempt budget."""
+    row = await conn.fetchrow(
+        f"""UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), updated_at = now()
+            WHERE id = $1 AND state = 'dead' AND ($2::text IS NULL OR tenant = $2)
+            RETURNING {_COLUMNS}""",
+        job_id, tenant,
+    )
+    if row is not None:
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return _job(row) if row else None
+
+
+async def counts(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+    return {r["state"]: int(r["n"]) for r in rows}

@@ -1,0 +1,383 @@
+"""Provider webhooks. A webhook is acknowledged (2xx) only after its job row has committed;
+anything that prevents that (database or store down) answers 503 and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+from aiohttp import web
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from callrec.appkeys import config_key, db_key, keys_key, store_key
+from callrec.config import Config, TenantConfig
+from callrec.crypto import envelope
+from callrec.db import audit, jobs
+from callrec.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from callrec.ingest.media import check_media_url
+from callrec.ingest.tags import TAG_NAMES, parse_tags
+from callrec.providers import twilio
+
+log = logging.getLogger(__name__)
+
+INGEST_TWILIO = "ingest.twilio"
+INGEST_UPLOAD = "ingest.upload"
+
+SIGNATURE_TOLERANCE_S = 300  # DESIGN.md: a signed upload older than 5 minutes is rejected
+_TWILIO_SID = {
+    "AccountSid": re.compile(r"^AC[0-9a-fA-F]{32}$"),
+    "CallSid": re.compile(r"^CA[0-9a-fA-F]{32}$"),
+    "RecordingSid": re.compile(r"^RE[0-9a-fA-F]{32}$"),
+}
+_TWILIO_STATUSES = ("completed", "absent", "failed", "in-progress")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+def tenant_of(request: web.Request) -> TenantConfig:
+    tenant = request.app[config_key].tenant(request.match_info["tenant"])
+    if tenant is None:
+        raise NotFound("unknown tenant", code="unknown_tenant")
+    return tenant
+
+
+def spool_dir(config: Config) -> Path:
+    path = config.data_dir / "spool"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+# --- Twilio -------------------------------------------------------------------------------
+
+
+async def twilio_recording(request: web.Request) -> web.Response:
+    config = request.app[config_key]
+    tenant = tenant_of(request)
+    if not tenant.twilio_auth_token:
+        raise Forbidden("no Twilio account is configured for this tenant", code="provider_not_configured")
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
+    form = await request.post()
+    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    url = config.public_base_url + request.raw_path
+    if not twilio.signature_valid(url, params, request.headers.get("X-Twilio-Signature", ""),
+                                  tenant.twilio_auth_token):
+        raise Forbidden("the X-Twilio-Signature does not match", code="invalid_signature")
+
+    fields = {name: value for name, value in params if name in twilio.RECORDING_FIELDS}
+    for name, pattern in _TWILIO_SID.items():
+        if not pattern.match(fields.get(name, "")):
+            raise BadRequest(f"{name} is missing or malformed", code="invalid_callback")
+    if not hmac.compare_digest(fields["AccountSid"], tenant.twilio_account_sid):
+        raise Forbidden("the callback is for another Twilio account", code="account_mismatch")
+    status = fields.get("RecordingStatus", "")
+    if status not in _TWILIO_STATUSES:
+        raise BadRequest("RecordingStatus is missing or unknown", code="invalid_callback")
+    tags = parse_tags({name: request.query.get(name) for name in TAG_NAMES})
+
+    pool = request.app[db_key]
+    if status == "in-progress":
+        return web.json_response({"status": "ignored"}, status=200)
+    if status in ("absent", "failed"):
+        async with pool.acquire() as conn, conn.transaction():
+            created = await conn.fetchval(
+                """INSERT INTO provider_events (tenant, provider, kind, call_id, provider_recording_id, details)
+                   VALUES ($1, 'twilio', $2, $3, $4, $5)
+                   ON CONFLICT (tenant, provider, kind, provider_recording_id) DO NOTHING
+                   RETURNING id""",
+                tenant.name, f"recording-{status}", fields["CallSid"], fields["RecordingSid"],
+                json.dumps({"error_code": fields.get("ErrorCode", "")}),
+            )
+            if created is not None:
+                await audit.record(
+                    conn, tenant=tenant.name, actor="provider:twilio", action=audit.AuditAction.PROVIDER_EVENT,
+                    details={"event": f"recording-{status}", "call_id": fields["CallSid"],
+                             "provider_recording_id": fields["RecordingSid"],
+                             "error_code": fields.get("ErrorCode", "")},
+                )
+        return web.json_response({"status": "recorded", "event": f"recording-{status}"}, status=200)
+
+    check_media_url(fields.get("RecordingUrl", ""), config.ingest.media_hosts)
+    payload: dict[str, Any] = {
+        "recording_id": str(uuid.uuid4()),
+        "account_sid": fields["AccountSid"],
+        "call_sid": fields["CallSid"],
+        "recording_sid": fields["RecordingSid"],
+        "recording_url": fields["RecordingUrl"],
+        "duration_s": fields.get("RecordingDuration", ""),
+        "channels": fields.get("RecordingChannels", ""),
+        "start_time": fields.get("RecordingStartTime", ""),
+        "source": fields.get("RecordingSource", ""),
+        "track": fields.get("RecordingTrack", ""),
+        "tags": tags.as_payload(),
+    }
+    async with pool.acquire() as conn, conn.transaction():
+        job_id, created = await jobs.enqueue(
+            conn, tenant=tenant.name, kind=INGEST_TWILIO, dedupe_key=fields["RecordingSid"],
+            payload=payload, max_attempts=config.ingest.max_attempts,
+        )
+    return web.json_response({"status": "queued" if created else "duplicate", "job_id": job_id},
+                             status=202 if created else 200)
+
+
+# --- PBX upload ---------------------------------------------------------------------------
+
+
+def _parse_signature_header(value: str) -> tuple[int, list[str]]:
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in value.split(","):
+        key, _, val = item.strip().partition("=")
+        if key == "t" and val.isdigit():
+            timestamp = int(val)
+        elif key == "v1" and re.fullmatch(r"[0-9a-fA-F]{64}", val):
+            signatures.append(val.lower())
+    if timestamp is None or not signatures:
+        raise Forbidden("Callrec-Signature must be t=<unix seconds>,v1=<hex>", code="invalid_signature")
+    return timestamp, signatures
+
+
+def check_signature_time(timestamp: int, *, now: float | None = None) -> None:
+    skew = abs((time.time() if now is None else now) - timestamp)
+    if skew > SIGNATURE_TOLERANCE_S:
+        raise Forbidden("the signature timestamp is more than 5 minutes away", code="signature_expired")
+
+
+class _UploadParts:
+    """Collects a streamed multipart body: ``metadata`` in memory (bounded), ``audio`` to a file."""
+
+    MAX_METADATA = 64 * 1024
+
+    def __init__(self, audio_file: Any) -> None:
+        self.audio_file = audio_file
+        self.audio_size = 0
+        self.audio_hash = hashlib.sha256()
+        self.metadata = bytearray()
+        self.seen: set[str] = set()
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, str] = {}
+        self._current: str | None = None
+        self.error: str | None = None
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._current = None
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("latin-1")
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get("content-disposition", ""))
+        name = options.get(b"name", b"").decode("latin-1")
+        if name in self.seen:
+            self.error = f"the part {name!r} appears twice"
+        self.seen.add(name)
+        self._current = name if name in ("metadata", "audio") else None
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current == "audio":
+            chunk = data[start:end]
+            self.audio_size += len(chunk)
+            self.audio_hash.update(chunk)
+            self.audio_file.write(chunk)
+        elif self._current == "metadata":
+            self.metadata.extend(data[start:end])
+            if len(self.metadata) > self.MAX_METADATA:
+                self.error = "the metadata part is over 64 KiB"
+                self._current = None
+
+
+_UPLOAD_KEYS = {"call_id", "recording_id", "started_at", "from", "to", "direction", *TAG_NAMES}
+
+
+def normalise_e164(value: object, *, field: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be an E.164 phone number such as +442071234567", code="invalid_phone")
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        raise BadRequest(f"{field} must be an E.164 phone number such as +442071234567",
+                         code="invalid_phone") from None
+    if not phonenumbers.is_possible_number(number):
+        raise BadRequest(f"{field} is not a possible phone number", code="invalid_phone")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the metadata part is not valid JSON", code="invalid_metadata") from None
+    if not isinstance(meta, dict):
+        raise BadRequest("the metadata part must be a JSON object", code="invalid_metadata")
+    unknown = sorted(set(meta) - _UPLOAD_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown metadata keys: {', '.join(unknown)}", code="invalid_metadata")
+    for name in ("call_id", "recording_id"):
+        if not isinstance(meta.get(name), str) or not _ID.match(meta[name]):
+            raise BadRequest(f"metadata.{name} is required: 1-128 letters, digits or . _ : @ -",
+                             code="invalid_metadata")
+    if meta.get("started_at") is not None:
+        try:
+            started = datetime.fromisoformat(str(meta["started_at"]))
+        except ValueError:
+            raise BadRequest("metadata.started_at must be an ISO 8601 time", code="invalid_metadata") from None
+        if started.tzinfo is None:
+            raise BadRequest("metadata.started_at must carry a UTC offset", code="invalid_metadata")
+    if meta.get("direction") not in (None, "inbound", "outbound"):
+        raise BadRequest("metadata.direction must be inbound or outbound", code="invalid_metadata")
+    return meta
+
+
+async def pbx_upload(request: web.Request) -> web.Response:
+    config = request.app[config_key]
+    tenant = tenant_of(request)
+    if not tenant.webhook_secret:
+        raise Forbidden("no webhook secret is configured for this tenant", code="provider_not_configured")
+    timestamp, signatures = _parse_signature_header(request.headers.get("Callrec-Signature", ""))
+    check_signature_time(timestamp)
+    content_type, options = parse_options_header(request.headers.get("Content-Type", ""))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise BadRequest("expected a multipart/form-data body", code="unsupported_media_type")
+    max_bytes = config.ingest.max_media_mb * 1024 * 1024
+    if request.content_length is not None and request.content_length > max_bytes + 65536 * 2:
+        raise PayloadTooLarge(f"uploads are limited to {config.ingest.max_media_mb} MiB")
+
+    mac = hmac.new(tenant.webhook_secret.encode(), f"{timestamp}.".encode(), hashlib.sha256)
+    spool = spool_dir(config)
+    with tempfile.NamedTemporaryFile(dir=spool, prefix="upload-", delete=True) as audio_file:
+        parts = _UploadParts(audio_file)
+        parser = MultipartParser(boundary, parts.callbacks())  # type: ignore[arg-type]
+        total = 0
+        async for chunk in request.content.iter_chunked(1 << 20):
+            total += len(chunk)
+            if total > max_bytes + 65536 * 2:
+                raise PayloadTooLarge(f"uploads are limited to {config.ingest.max_media_mb} MiB")
+            mac.update(chunk)
+            parser.write(chunk)
+        expected = mac.hexdigest()
+        if not any(hmac.compare_digest(expected, sig) for sig in signatures):
+            raise Forbidden("the Callrec-Signature does not match the body", code="invalid_signature")
+        parser.finalize()
+        if parts.error:
+            raise BadRequest(parts.error, code="invalid_multipart")
+        if "metadata" not in parts.seen or "audio" not in parts.seen:
+            raise BadRequest("the body needs a 'metadata' part and an 'audio' part", code="invalid_multipart")
+        if parts.audio_size == 0:
+            raise BadRequest("the audio part is empty", code="empty_audio")
+        meta = _parse_upload_metadata(bytes(parts.metadata))
+        tags = parse_tags({name: meta.get(name) for name in TAG_NAMES})
+        phones = {role: normalise_e164(meta[role], field=f"metadata.{role}")
+                  for role in ("from", "to") if meta.get(role) is not None}
+        audio_file.flush()
+
+        pool = request.app[db_key]
+        async with pool.acquire() as conn:
+            exists = await conn.fetchval(
+                "SELECT id FROM jobs WHERE tenant = $1 AND kind = $2 AND dedupe_key = $3",
+                tenant.name, INGEST_UPLOAD, meta["recording_id"],
+            )
+            if exists is not None:
+                return web.json_response({"status": "duplicate", "job_id": exists}, status=200)
+            recording_id = str(uuid.uuid4())
+            keys = request.app[keys_key]
+            sealed = {role: base64.b64encode(await keys.seal_phone(tenant.name, recording_id, role, value)).decode()
+                      for role, value in phones.items()}
+            hashes = {role: base64.b64encode(await keys.phone_hash(conn, tenant.name, value)).decode()
+                      for role, value in phones.items()}
+
+        stored = await seal_and_store(request.app, tenant=tenant.name, recording_id=recording_id,
+                                      source=Path(audio_file.name))
+    payload: dict[str, Any] = {
+        "recording_id": recording_id,
+        "call_id": meta["call_id"],
+        "provider_recording_id": meta["recording_id"],
+        "started_at": meta.get("started_at"),
+        "direction": meta.get("direction"),
+        "sealed_phones": sealed,
+        "phone_hashes": hashes,
+        "sha256": parts.audio_hash.hexdigest(),
+        "size_bytes": parts.audio_size,
+        "tags": tags.as_payload(),
+        **stored,
+    }
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            job_id, created = await jobs.enqueue(
+                conn, tenant=tenant.name, kind=INGEST_UPLOAD, dedupe_key=meta["recording_id"],
+                payload=payload, max_attempts=config.ingest.max_attempts,
+            )
+    except BaseException:
+        await _discard_object(request.app, stored["object_key"])
+        raise
+    if not created:  # a concurrent duplicate won the race: drop our copy
+        await _discard_object(request.app, stored["object_key"])
+        return web.json_response({"status": "duplicate", "job_id": job_id}, status=200)
+    return web.json_response({"status": "queued", "job_id": job_id, "recording_id": recording_id}, status=202)
+
+
+async def _discard_object(app: web.Application, key: str) -> None:
+    try:
+        await app[store_key].delete_all_versions(key)
+    except Exception:
+        log.exception("could not remove an unreferenced object; it is ciphertext whose key was discarded")
+
+
+def object_key_for(tenant: str, recording_id: str) -> str:
+    """Opaque: tenant name, random recording id and a per-attempt suffix; nothing personal."""
+    return f"{tenant}/{recording_id}/{uuid.uuid4().hex[:16]}"
+
+
+async def seal_and_store(app: web.Application, *, tenant: str, recording_id: str, source: Path) -> dict[str, Any]:
+    """Encrypt ``source`` under a fresh per-recording key and store the ciphertext.
+
+    Returns the job-payload fields that locate it: object key and version, ciphertext size
+    and the wrapped key (base64). The plaintext never reaches the object store.
+    """
+    config = app[config_key]
+    kek = await app[keys_key].kek(tenant)
+    handle = envelope.new_recording_key()
+    wrapped = await asyncio.to_thread(envelope.wrap_key, handle, kek, tenant=tenant, recording_id=recording_id)
+    with tempfile.NamedTemporaryFile(dir=spool_dir(config), prefix="sealed-", delete=True) as sealed:
+
+        def encrypt() -> int:
+            with source.open("rb") as src:
+                envelope.encrypt_stream(src, sealed, handle, tenant=tenant, recording_id=recording_id)
+            sealed.flush()
+            return sealed.tell()
+
+        ciphertext_bytes = await asyncio.to_thread(encrypt)
+        key = object_key_for(tenant, recording_id)
+        stored = await app[store_key].put_file(key, Path(sealed.name))
+    return {
+        "object_key": stored.key,
+        "object_version": stored.version_id,
+        "ciphertext_bytes": ciphertext_bytes,
+        "wrapped_key": base64.b64encode(wrapped).decode(),
+    }

@@ -1,0 +1,68 @@
+"""Twilio: webhook signatures, the Calls resource, recording media and deleting Twilio's copy.
+
+Signature scheme (https://www.twilio.com/docs/usage/webhooks/webhooks-security): base64 of
+HMAC-SHA1 keyed with the account's auth token, over the full URL Twilio requested (scheme,
+host, path, query) followed by every POST parameter sorted by name, each as name + value.
+Twilio may have signed the URL with or without an explicit default port (:443 / :80), so,
+like Twilio's own validator, both spellings are accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+RECORDING_FIELDS = (
+    "AccountSid", "CallSid", "RecordingSid", "RecordingUrl", "RecordingStatus", "RecordingDuration",
+    "RecordingChannels", "RecordingStartTime", "RecordingSource", "RecordingTrack", "ErrorCode",
+)
+
+
+def compute_signature(url: str, params: Iterable[tuple[str, str]], auth_token: str) -> str:
+    data = url + "".join(name + value for name, value in sorted(params, key=lambda kv: kv[0]))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _port_variants(url: str) -> list[str]:
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    netloc_host = f"[{host}]" if ":" in host else host
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = userinfo + "@" if userinfo else ""
+    variants = [url]
+    if default is not None:
+        if parts.port is None:
+            variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{netloc_host}:{default}")))
+        elif parts.port == default:
+            variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{netloc_host}")))
+    return variants
+
+
+def signature_valid(url: str, params: list[tuple[str, str]], signature: str, auth_token: str) -> bool:
+    """Constant-time check of ``X-Twilio-Signature`` against every accepted URL spelling."""
+    if not signature or not auth_token:
+        return False
+    ok = False
+    for candidate in _port_variants(url):
+        expected = compute_signature(candidate, params, auth_token)
+        ok |= hmac.compare_digest(expected.encode(), signature.encode())
+    return ok
+
+
+def api_origin(recording_url: str) -> str:
+    """Twilio's REST API lives on the same origin that serves RecordingUrl."""
+    parts = urlsplit(recording_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def call_url(recording_url: str, account_sid: str, call_sid: str) -> str:
+    return f"{api_origin(recording_url)}/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json"
+
+
+def recording_resource_url(recording_url: str, account_sid: str, recording_sid: str) -> str:
+    return f"{api_origin(recording_url)}/2010-04-01/Accounts/{account_sid}/Recordings/{recording_sid}.json"

@@ -92,7 +92,6 @@ class IngestConfig:
     media_hosts: tuple[str, ...] = DEFAULT_MEDIA_HOSTS
     max_media_mb: int = 512
     fetch_timeout: timedelta = timedelta(minutes=5)
-    provider_api_base: str = ""  # override of https://api.twilio.com, for tests against a local fake
     max_attempts: int = 8
     retry_base: timedelta = timedelta(seconds=5)
     lease: timedelta = timedelta(minutes=10)

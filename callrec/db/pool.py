@@ -23,14 +23,15 @@ class DatabaseUnavailable(Exception):
 def embedded_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL in ``<data_dir>/pg`` and return its URL.
 
-    pgserver keeps one postmaster per data directory and shares it between processes,
-    so ``callrec serve`` and CLI commands run beside it reach the same database.
+    pgserver keeps one postmaster per data directory and counts the processes using it
+    (``callrec serve`` and CLI commands run beside it share one database); the last one to
+    exit stops it.
     """
     import pgserver
 
     pgdata = data_dir / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    server: Any = pgserver.get_server(str(pgdata), cleanup_mode=None)
+    server: Any = pgserver.get_server(str(pgdata), cleanup_mode="stop")
     url: str = server.get_uri()
     return url
 

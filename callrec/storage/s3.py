@@ -1,0 +1,489 @@
+"""The S3 object store (AWS S3 or any S3-compatible endpoint), through boto3.
+
+Every boto3 call runs in a thread pool, never on the event loop. The bucket is expected to have
+versioning enabled: then every ``put_file`` makes a new version, ``delete`` removes exactly one
+version, and ``delete_all_versions`` is what erasure means (a delete marker alone leaves every
+older version readable; see
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/DeletingObjectVersions.html).
+
+The VersionId of an upload is taken from the response of the request that created it
+(``PutObject``, or ``CompleteMultipartUpload`` for large files), never from a later
+``HeadObject``, which could already see a concurrent writer's newer version.
+
+Objects carry ``Content-Type: application/octet-stream`` and nothing else: no user metadata,
+because object metadata is readable by anyone who can list or head the bucket (rule 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+from callrec.config import StorageConfig
+from callrec.storage import base
+from callrec.storage.base import (
+    ObjectNotFound,
+    StoredObject,
+    StoreError,
+    StoreUnavailable,
+    run_blocking,
+    validate_key,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
+
+log = logging.getLogger(__name__)
+
+_MIB = 1024 * 1024
+# S3 multipart limits: parts of at least 5 MiB (except the last), at most 10,000 parts.
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html
+_MIN_PART_SIZE = 5 * _MIB
+_MAX_PARTS = 10_000
+# ListObjectVersions pages and DeleteObjects batches hold at most 1,000 entries.
+_LIST_PAGE_SIZE = 1000
+_DELETE_BATCH = 1000
+# delete_all_versions re-lists after deleting, in case a writer raced it; it gives up after this.
+_ERASE_ROUNDS = 3
+
+# Connection refused fails fast; a silent endpoint costs connect_timeout per attempt. The
+# "standard" retry mode retries throttling, 5xx and connection errors with jittered backoff.
+_CLIENT_CONFIG = Config(
+    connect_timeout=5,
+    read_timeout=60,
+    retries={"mode": "standard", "max_attempts": 3},
+    max_pool_connections=32,
+)
+
+_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
+# A GET or HEAD of a delete marker's version id answers 405.
+_DELETE_MARKER = frozenset({"MethodNotAllowed", "405"})
+_UNAVAILABLE = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "403",
+        "Forbidden",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "RequestTimeTooSkewed",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "500",
+        "503",
+        # SSE-KMS: the key is disabled, missing or not usable by these credentials.
+        "KMS.DisabledException",
+        "KMS.NotFoundException",
+        "KMS.KMSInvalidStateException",
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One row of ListObjectVersions for our key: a version or a delete marker."""
+
+    version_id: str
+    size: int
+    is_latest: bool
+    is_delete_marker: bool
+
+
+class S3ObjectStore:
+    """:class:`~callrec.storage.base.ObjectStore` over one S3 bucket, keys under ``storage.prefix``.
+
+    ``client_config`` is merged over the defaults (timeouts, retries); ``executor`` runs the
+    blocking boto3 calls (None: the event loop's default thread pool).
+    """
+
+    def __init__(
+        self,
+        storage: StorageConfig,
+        *,
+        executor: Executor | None = None,
+        client_config: Config | None = None,
+    ) -> None:
+        if not storage.bucket:
+            raise ValueError("storage.bucket is required for the S3 store")
+        if storage.sse not in ("", "AES256", "aws:kms"):
+            raise ValueError(f"storage.sse: unsupported value {storage.sse!r}")
+        self._storage = storage
+        self._bucket = storage.bucket
+        self._prefix = storage.prefix
+        self._executor = executor
+        self._threshold = storage.multipart_threshold_mb * _MIB
+        config = _CLIENT_CONFIG
+        if storage.endpoint_url:
+            # S3-compatible servers (MinIO, Ceph, moto) are usually reached by address, where
+            # virtual-hosted bucket names cannot resolve.
+            config = config.merge(Config(s3={"addressing_style": "path"}))
+        if client_config is not None:
+            config = config.merge(client_config)
+        self._config = config
+        self._sse: dict[str, Any] = {}
+        if storage.sse:
+            self._sse["ServerSideEncryption"] = storage.sse
+            if storage.sse == "aws:kms" and storage.sse_kms_key_id:
+                self._sse["SSEKMSKeyId"] = storage.sse_kms_key_id
+        self._lock = threading.Lock()
+        self._s3: S3Client | None = None
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    # --- ObjectStore -----------------------------------------------------------------------
+
+    async def put_file(self, key: str, path: Path) -> StoredObject:
+        full_key = self._full_key(key)
+        return await run_blocking(self._executor, lambda: self._put(key, full_key, path))
+
+    async def open_reader(self, key: str, *, version_id: str | None = None) -> BinaryIO:
+        full_key = self._full_key(key)
+        return await run_blocking(self._executor, lambda: self._open(key, full_key, version_id))
+
+    async def delete(self, key: str, *, version_id: str | None = None) -> None:
+        full_key = self._full_key(key)
+        await run_blocking(self._executor, lambda: self._delete(key, full_key, version_id))
+
+    async def delete_all_versions(self, key: str) -> int:
+        full_key = self._full_key(key)
+        return await run_blocking(self._executor, lambda: self._delete_all(key, full_key))
+
+    async def list_versions(self, key: str) -> list[StoredObject]:
+        full_key = self._full_key(key)
+
+        def versions() -> list[StoredObject]:
+            return [
+                StoredObject(key=key, version_id=e.version_id, size=e.size)
+                for e in self._list(full_key)
+                if not e.is_delete_marker
+            ]
+
+        return await run_blocking(self._executor, versions)
+
+    async def check(self) -> None:
+        def head_bucket() -> None:
+            with self._errors("HeadBucket", bucket_op=True):
+                self._client().head_bucket(Bucket=self._bucket)
+
+        await run_blocking(self._executor, head_bucket)
+
+    async def close(self) -> None:
+        def close_client() -> None:
+            with self._lock:
+                client, self._s3 = self._s3, None
+            if client is not None:
+                client.close()
+
+        await run_blocking(self._executor, close_client)
+
+    # --- setup -----------------------------------------------------------------------------
+
+    async def ensure_bucket(self, *, versioning: bool = True) -> None:
+        """Create the bucket if it does not exist and, with ``versioning``, enable versioning.
+        For tests and the embedded/development setup; production buckets are provisioned by
+        infrastructure code with Object Lock, lifecycle rules and access policies."""
+
+        def ensure() -> None:
+            client = self._client()
+            try:
+                client.head_bucket(Bucket=self._bucket)
+            except ClientError as exc:
+                if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                    self._raise(exc, "HeadBucket", bucket_op=True)
+                region = client.meta.region_name
+                with self._errors("CreateBucket", bucket_op=True):
+                    try:
+                        if region and region != "us-east-1":
+                            client.create_bucket(
+                                Bucket=self._bucket,
+                                CreateBucketConfiguration={"LocationConstraint": cast(Any, region)},
+                            )
+                        else:
+                            client.create_bucket(Bucket=self._bucket)
+                    except ClientError as create_exc:
+                        if _code(create_exc) != "BucketAlreadyOwnedByYou":
+                            raise
+            except BotoCoreError as exc:
+                self._raise(exc, "HeadBucket", bucket_op=True)
+            if versioning:
+                with self._errors("PutBucketVersioning", bucket_op=True):
+                    client.put_bucket_versioning(
+                        Bucket=self._bucket, VersioningConfiguration={"Status": "Enabled"}
+                    )
+
+        await run_blocking(self._executor, ensure)
+
+    # --- blocking parts --------------------------------------------------------------------
+
+    def _full_key(self, key: str) -> str:
+        return self._prefix + validate_key(key)
+
+    def _client(self) -> S3Client:
+        """The boto3 client, created on first use in a worker thread (creating it reads
+        configuration files and service models). Clients are thread-safe; sessions are not,
+        so a session of our own makes it."""
+        with self._lock:
+            if self._s3 is None:
+                with self._errors("client setup", bucket_op=True):
+                    self._s3 = boto3.session.Session().client(
+                        "s3",
+                        endpoint_url=self._storage.endpoint_url or None,
+                        region_name=self._storage.region or None,
+                        config=self._config,
+                    )
+            return self._s3
+
+    def _put(self, key: str, full_key: str, source: Path) -> StoredObject:
+        with base.open_source(source) as src:
+            size_hint = os.fstat(src.fileno()).st_size
+            if size_hint > self._threshold:
+                return self._put_multipart(key, full_key, src, size_hint)
+            data = src.read()  # at most the threshold: errors reading the source surface here
+            with self._errors("PutObject", key=key):
+                response = self._client().put_object(
+                    Bucket=self._bucket,
+                    Key=full_key,
+                    Body=data,
+                    ContentType="application/octet-stream",
+                    **self._sse,
+                )
+        return StoredObject(key=key, version_id=response.get("VersionId"), size=len(data))
+
+    def _put_multipart(self, key: str, full_key: str, src: BinaryIO, size_hint: int) -> StoredObject:
+        """Upload in parts. The parts carry CRC32 checksums, which S3 verifies and combines;
+        on any failure, including a failing source, the upload is aborted so that no object
+        and no orphaned parts remain (if the abort itself cannot reach S3, the bucket's
+        ``AbortIncompleteMultipartUpload`` lifecycle rule is the backstop)."""
+        client = self._client()
+        part_size = max(self._threshold, _MIN_PART_SIZE, -(-size_hint // _MAX_PARTS))
+        with self._errors("CreateMultipartUpload", key=key):
+            upload_id = client.create_multipart_upload(
+                Bucket=self._bucket,
+                Key=full_key,
+                ContentType="application/octet-stream",
+                ChecksumAlgorithm="CRC32",
+                **self._sse,
+            )["UploadId"]
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            size = 0
+            while True:
+                chunk = _read_up_to(src, part_size)
+                if not chunk and parts:
+                    break
+                number = len(parts) + 1
+                with self._errors("UploadPart", key=key):
+                    part = client.upload_part(
+                        Bucket=self._bucket,
+                        Key=full_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                        ChecksumAlgorithm="CRC32",
+                    )
+                parts.append(
+                    {"PartNumber": number, "ETag": part["ETag"], "ChecksumCRC32": part["ChecksumCRC32"]}
+                )
+                size += len(chunk)
+                if len(chunk) < part_size:
+                    break
+            with self._errors("CompleteMultipartUpload", key=key):
+                response = client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            try:
+                client.abort_multipart_upload(Bucket=self._bucket, Key=full_key, UploadId=upload_id)
+            except (BotoCoreError, ClientError) as abort_exc:
+                log.warning(
+                    "could not abort multipart upload in bucket %s: %s",
+                    self._bucket,
+                    type(abort_exc).__name__,
+                )
+            raise
+        return StoredObject(key=key, version_id=response.get("VersionId"), size=size)
+
+    def _open(self, key: str, full_key: str, version_id: str | None) -> BinaryIO:
+        client = self._client()
+        with self._errors("GetObject", key=key, version_id=version_id):
+            if version_id is None:
+                response = client.get_object(Bucket=self._bucket, Key=full_key)
+            else:
+                response = client.get_object(Bucket=self._bucket, Key=full_key, VersionId=version_id)
+        # StreamingBody is an io.IOBase with read(), close() and the context-manager protocol.
+        return cast(BinaryIO, response["Body"])
+
+    def _delete(self, key: str, full_key: str, version_id: str | None) -> None:
+        """Delete one version, permanently. With no version id the current version is deleted
+        by its id, so that no delete marker is ever created (on an unversioned bucket the id is
+        S3's literal "null", which deletes permanently too).
+
+        The version is looked up in the listing first: S3's DeleteObject succeeds silently for
+        a missing key or version, and a HEAD answers a bare 404 for a missing bucket as well as
+        for a missing key, which must not be mistaken for "already deleted"."""
+        entries = self._list(full_key)
+        if version_id is None:
+            current = next((e for e in entries if e.is_latest), None)
+            if current is None or current.is_delete_marker:
+                raise ObjectNotFound(f"no object {key!r} in bucket {self._bucket!r}")
+            version_id = current.version_id
+        elif not any(e.version_id == version_id for e in entries):
+            raise ObjectNotFound(f"no object {key!r} version {version_id!r} in bucket {self._bucket!r}")
+        with self._errors("DeleteObject", key=key):
+            self._client().delete_object(Bucket=self._bucket, Key=full_key, VersionId=version_id)
+
+    def _delete_all(self, key: str, full_key: str) -> int:
+        client = self._client()
+        total = 0
+        for _ in range(_ERASE_ROUNDS):
+            ids = [e.version_id for e in self._list(full_key)]
+            if not ids:
+                return total
+            for start in range(0, len(ids), _DELETE_BATCH):
+                batch: list[ObjectIdentifierTypeDef] = [
+                    {"Key": full_key, "VersionId": v} for v in ids[start : start + _DELETE_BATCH]
+                ]
+                with self._errors("DeleteObjects", key=key):
+                    response = client.delete_objects(
+                        Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True}
+                    )
+                errors = response.get("Errors", [])
+                if errors:
+                    # Typically AccessDenied from an Object Lock legal hold or retention period.
+                    codes = sorted({e.get("Code", "?") for e in errors})
+                    raise StoreError(
+                        f"S3 refused to delete {len(errors)} version(s) of {key!r} "
+                        f"in bucket {self._bucket!r}: {', '.join(codes)}"
+                    )
+                total += len(batch)
+        raise StoreError(f"versions of {key!r} in bucket {self._bucket!r} kept reappearing while erasing")
+
+    def _list(self, full_key: str) -> list[_Entry]:
+        """Every version of exactly ``full_key``, newest first, then its delete markers.
+
+        ``Prefix`` also matches longer keys; the listing is in key order and ``full_key`` sorts
+        before every longer key with that prefix, so the first foreign key ends the search."""
+        paginator = self._client().get_paginator("list_object_versions")
+        entries: list[_Entry] = []
+        with self._errors("ListObjectVersions"):
+            pages = paginator.paginate(
+                Bucket=self._bucket, Prefix=full_key, PaginationConfig={"PageSize": _LIST_PAGE_SIZE}
+            )
+            for page in pages:
+                done = False
+                for version in page.get("Versions", []):
+                    if version.get("Key") != full_key:
+                        done = True
+                        continue
+                    entries.append(
+                        _Entry(
+                            version_id=version.get("VersionId", "null"),
+                            size=version.get("Size", 0),
+                            is_latest=version.get("IsLatest", False),
+                            is_delete_marker=False,
+                        )
+                    )
+                for marker in page.get("DeleteMarkers", []):
+                    if marker.get("Key") != full_key:
+                        done = True
+                        continue
+                    entries.append(
+                        _Entry(
+                            version_id=marker.get("VersionId", "null"),
+                            size=0,
+                            is_latest=marker.get("IsLatest", False),
+                            is_delete_marker=True,
+                        )
+                    )
+                if done:
+                    break
+        return entries
+
+    # --- error translation -----------------------------------------------------------------
+
+    @contextmanager
+    def _errors(
+        self,
+        operation: str,
+        *,
+        key: str | None = None,
+        version_id: str | None = None,
+        bucket_op: bool = False,
+    ) -> Iterator[None]:
+        try:
+            yield
+        except (ClientError, BotoCoreError) as exc:
+            self._raise(exc, operation, key=key, version_id=version_id, bucket_op=bucket_op)
+
+    def _raise(
+        self,
+        exc: ClientError | BotoCoreError,
+        operation: str,
+        *,
+        key: str | None = None,
+        version_id: str | None = None,
+        bucket_op: bool = False,
+    ) -> NoReturn:
+        """Translate a botocore error. Messages name the operation, the bucket and the error
+        code, never credentials or the service's free-text message, and the botocore exception
+        is not chained (``from None``) so that nothing more leaks into logs."""
+        if isinstance(exc, ParamValidationError):
+            raise exc  # a programming error, not a store condition
+        if isinstance(exc, BotoCoreError):
+            # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, NoCredentialsError, ...
+            raise StoreUnavailable(
+                f"S3 bucket {self._bucket!r} unavailable during {operation}: {type(exc).__name__}"
+            ) from None
+        code = _code(exc)
+        bucket = repr(self._bucket)
+        if bucket_op and code in _NOT_FOUND:
+            raise StoreUnavailable(f"S3 bucket {bucket} does not exist ({operation}: {code})") from None
+        if key is not None and (code in _NOT_FOUND or (version_id is not None and code in _DELETE_MARKER)):
+            what = f"{key!r}" if version_id is None else f"{key!r} version {version_id!r}"
+            raise ObjectNotFound(f"no object {what} in bucket {self._bucket!r}") from None
+        if code in _UNAVAILABLE or code.startswith("KMS."):
+            raise StoreUnavailable(f"S3 bucket {bucket} unavailable during {operation}: {code}") from None
+        raise StoreError(f"S3 {operation} on bucket {self._bucket!r} failed: {code}") from None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) or str(
+        exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+    )
+
+
+def _read_up_to(src: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes, or fewer only at the end of the file."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = src.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,138 @@
+"""The job queue against a real PostgreSQL: concurrency, leases, backoff, dead letters, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from callrec.db import jobs
+
+LEASE = timedelta(minutes=5)
+
+
+async def enqueue(conn: asyncpg.Connection, key: str, *, max_attempts: int = 3) -> int:
+    job_id, created = await jobs.enqueue(conn, tenant="acme", kind="test", dedupe_key=key,
+                                         payload={"k": key}, max_attempts=max_attempts)
+    assert created
+    return job_id
+
+
+async def test_enqueue_is_idempotent_per_dedupe_key(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        first = await enqueue(conn, "a")
+        again, created = await jobs.enqueue(conn, tenant="acme", kind="test", dedupe_key="a",
+                                            payload={}, max_attempts=3)
+        assert (again, created) == (first, False)
+        other, created = await jobs.enqueue(conn, tenant="other", kind="test", dedupe_key="a",
+                                            payload={}, max_attempts=3)
+        assert created and other != first
+
+
+async def test_concurrent_claims_never_share_a_job(db: asyncpg.Pool, database_url: str) -> None:
+    async with db.acquire() as conn:
+        for i in range(40):
+            await enqueue(conn, f"j{i}")
+    conns = [await asyncpg.connect(database_url) for _ in range(4)]
+    claimed: list[int] = []
+
+    async def worker(conn: asyncpg.Connection, name: str) -> None:
+        while (job := await jobs.claim(conn, worker_id=name, lease=LEASE)) is not None:
+            claimed.append(job.id)
+            assert await jobs.complete(conn, job.id, worker_id=name)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(worker(c, f"w{i}") for i, c in enumerate(conns))), 30)
+    finally:
+        for c in conns:
+            await c.close()
+    assert len(claimed) == 40 and len(set(claimed)) == 40
+
+
+async def test_expired_lease_is_taken_over_and_the_old_worker_cannot_complete(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        job_id = await enqueue(conn, "x")
+        first = await jobs.claim(conn, worker_id="dead-worker", lease=LEASE)
+        assert first is not None and first.id == job_id
+        assert await jobs.claim(conn, worker_id="w2", lease=LEASE) is None  # still leased
+        await conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second'")  # the worker died
+        second = await jobs.claim(conn, worker_id="w2", lease=LEASE)
+        assert second is not None and second.id == job_id and second.attempts == 2
+        assert not await jobs.complete(conn, job_id, worker_id="dead-worker")
+        assert await jobs.complete(conn, job_id, worker_id="w2")
+
+
+async def test_failures_back_off_then_go_dead_and_can_be_retried(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        job_id = await enqueue(conn, "y", max_attempts=2)
+        job = await jobs.claim(conn, worker_id="w", lease=LEASE)
+        assert job is not None
+        state = await jobs.fail(conn, job, worker_id="w", error="boom 1", retry_base=timedelta(seconds=30))
+        assert state == "queued"
+        delay = await conn.fetchval("SELECT run_at - now() FROM jobs WHERE id = $1", job_id)
+        assert timedelta(seconds=25) < delay <= timedelta(seconds=30)
+        assert await jobs.claim(conn, worker_id="w", lease=LEASE) is None  # not due yet
+        await conn.execute("UPDATE jobs SET run_at = now()")
+        job = await jobs.claim(conn, worker_id="w", lease=LEASE)
+        assert job is not None and job.attempts == 2
+        assert await jobs.fail(conn, job, worker_id="w", error="boom 2", retry_base=timedelta(seconds=30)) == "dead"
+        dead = await jobs.list_jobs(conn, state="dead")
+        assert [(j.id, j.last_error) for j in dead] == [(job_id, "boom 2")]
+        assert await jobs.claim(conn, worker_id="w", lease=LEASE) is None
+        assert await jobs.retry_dead(conn, job_id, tenant="other") is None  # tenant-scoped
+        again = await jobs.retry_dead(conn, job_id)
+        assert again is not None and again.state == "queued" and again.attempts == 0
+        assert (await jobs.claim(conn, worker_id="w", lease=LEASE)) is not None
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    base = timedelta(seconds=5)
+    assert [jobs.backoff(n, base).total_seconds() for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
+    assert jobs.backoff(30, base) == timedelta(hours=1)
+
+
+async def test_notify_wakes_a_listener_at_commit(db: asyncpg.Pool, database_url: str) -> None:
+    listener = await asyncpg.connect(database_url)
+    woke = asyncio.Event()
+    await listener.add_listener(jobs.NOTIFY_CHANNEL, lambda *_: woke.set())
+    try:
+        async with db.acquire() as conn, conn.transaction():
+            await enqueue(conn, "z")
+            await asyncio.sleep(0.2)
+            assert not woke.is_set()  # not before the commit
+        await asyncio.wait_for(woke.wait(), 5)
+    finally:
+        await listener.close()
+
+
+async def test_background_worker_picks_up_a_webhook_job_at_once(
+    aiohttp_client: Any, config: Any, fake_twilio: Any, audio_fixtures: Any
+) -> None:
+    """With workers running, a queued job is processed without polling delay (LISTEN/NOTIFY)."""
+    from twilio.request_validator import RequestValidator
+
+    from callrec.app import create_app
+    from callrec.appkeys import db_key
+
+    client = await aiohttp_client(create_app(config, run_workers=True))
+    await asyncio.sleep(0.3)  # let the workers reach their idle wait
+    sid = "RE" + "ab" * 16
+    fake_twilio.media[sid] = (audio_fixtures / "call-with-announcement.wav").read_bytes()
+    form = {"AccountSid": "AC" + "0123456789abcdef" * 2, "CallSid": "CA" + "cd" * 16, "RecordingSid": sid,
+            "RecordingUrl": fake_twilio.recording_url(sid), "RecordingStatus": "completed"}
+    path = "/webhooks/twilio/acme"
+    sig = RequestValidator("twilio-auth-token-for-tests").compute_signature(
+        "https://callrec.example.test" + path, form)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
+    async with client.app[db_key].acquire() as conn:
+        for _ in range(100):
+            if await conn.fetchval("SELECT count(*) FROM recordings"):
+                break
+            await asyncio.sleep(0.05)
+        assert await conn.fetchval("SELECT count(*) FROM recordings") == 1
+    # Well inside the 5 s idle poll: the notification woke the worker.
+    assert loop.time() - started < 4

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from callrec.config import ConfigError, config_from_mapping, load_config, parse_duration
+
+
+def test_embedded_defaults_with_no_file_and_no_environment() -> None:
+    cfg = load_config(None, environ={})
+    assert cfg.database.url == ""
+    assert cfg.storage.backend == "filesystem"
+    assert cfg.keys.provider == "local"
+    assert list(cfg.tenants) == ["default"]
+    assert cfg.tenants["default"].retention == timedelta(days=90)
+    assert cfg.storage_path == Path("callrec-data/objects")
+    assert cfg.keyring_path == Path("callrec-data/keyring.json")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45)])
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text, key="k").total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["90", "0d", "-1d", "1w", "d", "", "9 days"])
+def test_bad_durations_name_the_key(text: str) -> None:
+    with pytest.raises(ConfigError, match="tenants.acme.retention"):
+        config_from_mapping({"tenants": {"acme": {"retention": text}}})
+
+
+def test_file_and_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "callrec.toml"
+    path.write_text(
+        'data_dir = "/srv/callrec"\n[server]\nport = 9000\n[tenants.acme]\nretention = "30d"\n'
+        'webhook_secret = "s"\n',
+        encoding="utf-8",
+    )
+    cfg = load_config(path, environ={
+        "CALLREC_SERVER__PORT": "9100",
+        "CALLREC_TENANTS__ACME__DELETE_PROVIDER_COPY": "true",
+        "CALLREC_INGEST__MEDIA_HOSTS": "api.twilio.com, 127.0.0.1",
+        "CALLREC_TEST_DATABASE_URL": "ignored: test harness only",
+    })
+    assert cfg.server.port == 9100
+    assert cfg.data_dir == Path("/srv/callrec")
+    assert cfg.tenants["acme"].retention == timedelta(days=30)
+    assert cfg.tenants["acme"].delete_provider_copy is True
+    assert cfg.ingest.media_hosts == ("api.twilio.com", "127.0.0.1")
+    assert list(cfg.tenants) == ["acme"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"server": {"prot": 1}}, "server.prot"),
+        ({"colour": "blue"}, "colour"),
+        ({"server": {"port": "http"}}, "server.port"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"storage": {"backend": "ftp"}}, "storage.backend"),
+        ({"storage": {"backend": "s3"}}, "storage.bucket"),
+        ({"keys": {"provider": "aws-kms"}}, "keys.kms_key_id"),
+        ({"tenants": {"Acme Corp": {}}}, "tenants.Acme Corp"),
+        ({"tenants": {"acme": {"delete_provider_copy": "sometimes"}}}, "tenants.acme.delete_provider_copy"),
+        ({"tenants": {"acme": {"retention_days": 3}}}, "tenants.acme.retention_days"),
+        ({"server": {"public_base_url": "callrec.example.com"}}, "server.public_base_url"),
+    ],
+)
+def test_bad_config_names_the_key(raw: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(raw)
+    assert key in str(info.value)
+
+
+def test_environment_typo_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="server.hots"):
+        load_config(None, environ={"CALLREC_SERVER__HOTS": "0.0.0.0"})
+
+
+def test_example_config_documents_every_key() -> None:
+    """config.example.toml parses and mentions every key the loader knows."""
+    import tomllib
+
+    from callrec import config as config_module
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    text = example.read_text(encoding="utf-8")
+    config_from_mapping(tomllib.loads(text))
+    for section, cls in config_module._SECTIONS.items():
+        for name in cls.__dataclass_fields__:
+            assert f"{name} =" in text or f"# {name} =" in text, f"{section}.{name} is not documented"
+    for name in config_module.TenantConfig.__dataclass_fields__:
+        if name != "name":
+            assert f"{name} =" in text, f"tenants.<name>.{name} is not documented"

@@ -31,8 +31,15 @@ request_id_key = "callrec.request_id"
 worker_key = web.AppKey("worker", Worker)
 
 # Failures of our dependencies, not of the client: answered 503 so that the sender retries.
-UNAVAILABLE = (DatabaseUnavailable, StoreUnavailable, OSError, asyncpg.PostgresConnectionError,
-               asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+UNAVAILABLE = (
+    DatabaseUnavailable,
+    StoreUnavailable,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -52,14 +59,17 @@ async def errors_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = web.json_response(error_body(exc.reason.lower().replace(" ", "_"), exc.reason),
-                                     status=exc.status, headers={k: v for k, v in exc.headers.items()
-                                                                 if k.lower() == "allow"})
+        response = web.json_response(
+            error_body(exc.reason.lower().replace(" ", "_"), exc.reason),
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
     except UNAVAILABLE:
         log.warning("request %s: a dependency is unavailable", rid, exc_info=True)
         response = web.json_response(
             error_body("unavailable", "a backing service is unavailable; nothing was accepted, retry later"),
-            status=503, headers={"Retry-After": "30"},
+            status=503,
+            headers={"Retry-After": "30"},
         )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
@@ -91,7 +101,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["store"] = f"unavailable ({exc.__class__.__name__})"
     ok = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    return web.json_response(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
+    )
 
 
 def create_app(config: Config, *, run_workers: bool = True) -> web.Application:

@@ -53,8 +53,12 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from callrec.app import create_app
 
     app = create_app(config, run_workers=not args.no_workers)
-    log.info("callrec listening on %s:%s (public URL %s)", config.server.host, config.server.port,
-             config.public_base_url)
+    log.info(
+        "callrec listening on %s:%s (public URL %s)",
+        config.server.host,
+        config.server.port,
+        config.public_base_url,
+    )
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None)
     return 0
 
@@ -99,12 +103,21 @@ def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
     tenant = _tenant(config, args.tenant)
 
     async def run() -> str:
-        pool = await create_pool(config, )
+        pool = await create_pool(
+            config,
+        )
         try:
             async with pool.acquire() as conn, conn.transaction():
-                row, token = await tokens.create(conn, tenant=tenant, name=args.name, scopes=sorted(set(args.scope)))
-                await audit.record(conn, tenant=tenant, actor="cli", action=audit.AuditAction.TOKEN_CREATED,
-                                   details={"token_id": str(row.id), "name": args.name, "scopes": row.scopes})
+                row, token = await tokens.create(
+                    conn, tenant=tenant, name=args.name, scopes=sorted(set(args.scope))
+                )
+                await audit.record(
+                    conn,
+                    tenant=tenant,
+                    actor="cli",
+                    action=audit.AuditAction.TOKEN_CREATED,
+                    details={"token_id": str(row.id), "name": args.name, "scopes": row.scopes},
+                )
             return token
         finally:
             await pool.close()
@@ -129,8 +142,13 @@ def cmd_keys_rotate(config: Config, args: argparse.Namespace) -> int:
                 provider.ensure_tenant(tenant)
                 description = provider.rotate(tenant)
                 async with pool.acquire() as conn, conn.transaction():
-                    await audit.record(conn, tenant=tenant, actor="cli", action=audit.AuditAction.KEYS_ROTATED,
-                                       details={"provider": config.keys.provider, "result": description})
+                    await audit.record(
+                        conn,
+                        tenant=tenant,
+                        actor="cli",
+                        action=audit.AuditAction.KEYS_ROTATED,
+                        details={"provider": config.keys.provider, "result": description},
+                    )
                 print(f"{tenant}: {description}")
         finally:
             await pool.close()
@@ -167,15 +185,31 @@ def cmd_jobs_list(config: Config, args: argparse.Namespace) -> int:
 
     found = asyncio.run(run())
     if args.json:
-        print(json.dumps([{"id": j.id, "tenant": j.tenant, "kind": j.kind, "state": j.state,
-                           "attempts": j.attempts, "last_error": j.last_error,
-                           "updated_at": j.updated_at.isoformat()} for j in found], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": j.id,
+                        "tenant": j.tenant,
+                        "kind": j.kind,
+                        "state": j.state,
+                        "attempts": j.attempts,
+                        "last_error": j.last_error,
+                        "updated_at": j.updated_at.isoformat(),
+                    }
+                    for j in found
+                ],
+                indent=2,
+            )
+        )
         return 0
     if not found:
         print(f"no {args.state} jobs")
     for j in found:
-        print(f"{j.id}\t{j.tenant}\t{j.kind}\t{j.state}\tattempts={j.attempts}\t{j.updated_at:%Y-%m-%d %H:%M}\t"
-              f"{j.last_error or ''}")
+        print(
+            f"{j.id}\t{j.tenant}\t{j.kind}\t{j.state}\tattempts={j.attempts}\t{j.updated_at:%Y-%m-%d %H:%M}\t"
+            f"{j.last_error or ''}"
+        )
     return 0
 
 
@@ -192,8 +226,13 @@ def cmd_jobs_retry(config: Config, args: argparse.Namespace) -> int:
                     if job is None:
                         missing.append(job_id)
                         continue
-                    await audit.record(conn, tenant=job.tenant, actor="cli", action=audit.AuditAction.INGEST_RETRIED,
-                                       details={"job_id": job.id, "kind": job.kind})
+                    await audit.record(
+                        conn,
+                        tenant=job.tenant,
+                        actor="cli",
+                        action=audit.AuditAction.INGEST_RETRIED,
+                        details={"job_id": job.id, "kind": job.kind},
+                    )
                 print(f"job {job_id} queued again")
         return missing
 
@@ -208,12 +247,18 @@ def cmd_jobs_retry(config: Config, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callrec", description="Call-recording privacy middleware.")
-    parser.add_argument("--config", "-c", type=Path, help="TOML config file (default: $CALLREC_CONFIG, "
-                        "else embedded defaults in ./callrec-data)")
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="TOML config file (default: $CALLREC_CONFIG, else embedded defaults in ./callrec-data)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the web service, workers and sweeper")
-    serve.add_argument("--no-workers", action="store_true", help="serve HTTP only; run `callrec worker` elsewhere")
+    serve.add_argument(
+        "--no-workers", action="store_true", help="serve HTTP only; run `callrec worker` elsewhere"
+    )
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("worker", help="run ingest workers only").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
@@ -225,15 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant")
     create.set_defaults(func=cmd_token_create)
 
-    keys = sub.add_parser("keys", help="key-encryption keys").add_subparsers(dest="keys_command", required=True)
+    keys = sub.add_parser("keys", help="key-encryption keys").add_subparsers(
+        dest="keys_command", required=True
+    )
     rotate = keys.add_parser("rotate", help="add a new KEK version; old recordings stay readable")
     rotate.add_argument("--tenant")
     rotate.set_defaults(func=cmd_keys_rotate)
 
-    audit_p = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    audit_p = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
     audit_p.add_parser("verify", help="check the hash chain end to end").set_defaults(func=cmd_audit_verify)
 
-    jobs_p = sub.add_parser("jobs", help="the ingest job queue").add_subparsers(dest="jobs_command", required=True)
+    jobs_p = sub.add_parser("jobs", help="the ingest job queue").add_subparsers(
+        dest="jobs_command", required=True
+    )
     ls = jobs_p.add_parser("list", help="list jobs (dead ones by default)")
     ls.add_argument("--state", default="dead", choices=("queued", "running", "done", "dead"))
     ls.add_argument("--tenant")

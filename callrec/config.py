@@ -44,7 +44,7 @@ class ConfigError(Exception):
 def parse_duration(value: object, *, key: str) -> timedelta:
     """Parse ``"90d"``, ``"12h"``, ``"30m"`` or ``"45s"``."""
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a duration such as \"90d\", got {value!r}")
+        raise ConfigError(f'{key}: expected a duration such as "90d", got {value!r}')
     match = _DURATION.match(value)
     if not match or int(match.group(1)) <= 0:
         raise ConfigError(f"{key}: expected a positive duration with unit s, m, h or d, got {value!r}")
@@ -213,7 +213,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if name.startswith("CALLREC_TEST_"):
             continue  # test-harness settings, not service configuration
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         node = out
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -277,10 +277,10 @@ def config_from_mapping(raw: Mapping[str, Any]) -> Config:
 
     storage: StorageConfig = sections["storage"]
     if storage.backend == "s3" and not storage.bucket:
-        raise ConfigError("storage.bucket: required when storage.backend = \"s3\"")
+        raise ConfigError('storage.bucket: required when storage.backend = "s3"')
     keys: KeysConfig = sections["keys"]
     if keys.provider == "aws-kms" and not keys.kms_key_id.startswith("arn:"):
-        raise ConfigError("keys.kms_key_id: an AWS KMS key ARN is required when keys.provider = \"aws-kms\"")
+        raise ConfigError('keys.kms_key_id: an AWS KMS key ARN is required when keys.provider = "aws-kms"')
     server: ServerConfig = sections["server"]
     if server.public_base_url and not re.match(r"^https?://[^/\s]+(/.*)?$", server.public_base_url):
         raise ConfigError(f"server.public_base_url: expected an http(s) URL, got {server.public_base_url!r}")

@@ -12,10 +12,9 @@ import asyncio
 import os
 from typing import Any
 
-import asyncpg
-
 from callrec.crypto import envelope
 from callrec.crypto.keys import KeyProvider
+from callrec.db import Conn
 
 LOOKUP_PURPOSE = "phone-lookup"
 
@@ -28,7 +27,7 @@ class TenantKeys:
     async def kek(self, tenant: str) -> Any:
         return await asyncio.to_thread(self.provider.kek, tenant)
 
-    async def lookup_key(self, conn: asyncpg.Connection, tenant: str) -> bytes:
+    async def lookup_key(self, conn: Conn, tenant: str) -> bytes:
         cached = self._lookup.get(tenant)
         if cached is not None:
             return cached
@@ -42,7 +41,9 @@ class TenantKeys:
             await conn.execute(
                 """INSERT INTO tenant_keys (tenant, purpose, wrapped) VALUES ($1, $2, $3)
                    ON CONFLICT (tenant, purpose) DO NOTHING""",
-                tenant, LOOKUP_PURPOSE, fresh,
+                tenant,
+                LOOKUP_PURPOSE,
+                fresh,
             )
             # Another process may have won the race: always use what the table holds.
             wrapped = await conn.fetchval(
@@ -52,7 +53,7 @@ class TenantKeys:
         self._lookup[tenant] = key
         return key
 
-    async def phone_hash(self, conn: asyncpg.Connection, tenant: str, e164: str) -> bytes:
+    async def phone_hash(self, conn: Conn, tenant: str, e164: str) -> bytes:
         return envelope.keyed_hash(await self.lookup_key(conn, tenant), e164)
 
     async def seal_phone(self, tenant: str, recording_id: str, role: str, value: str) -> bytes:

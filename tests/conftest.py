@@ -170,10 +170,16 @@ class FakeTwilio:
             if not authorised(request):
                 return web.Response(status=401)
             sid = request.match_info["sid"]
-            body = self.calls.get(sid, {
-                "sid": sid, "from": "+447700900123", "to": "+14155550100", "direction": "inbound",
-                "start_time": "Mon, 23 Nov 2026 10:00:00 +0000",
-            })
+            body = self.calls.get(
+                sid,
+                {
+                    "sid": sid,
+                    "from": "+447700900123",
+                    "to": "+14155550100",
+                    "direction": "inbound",
+                    "start_time": "Mon, 23 Nov 2026 10:00:00 +0000",
+                },
+            )
             return web.json_response(body)
 
         async def delete(request: web.Request) -> web.Response:
@@ -218,10 +224,17 @@ def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
         "database": {"url": database_url},
         "ingest": {"media_hosts": ["127.0.0.1"], "retry_base": "1s"},
         "tenants": {
-            "acme": {"twilio_account_sid": TWILIO_SID, "twilio_auth_token": TWILIO_TOKEN,
-                     "webhook_secret": WEBHOOK_SECRET, "retention": "90d"},
-            "other": {"twilio_account_sid": "AC" + "f" * 32, "twilio_auth_token": "other-token",
-                      "webhook_secret": "other-secret"},
+            "acme": {
+                "twilio_account_sid": TWILIO_SID,
+                "twilio_auth_token": TWILIO_TOKEN,
+                "webhook_secret": WEBHOOK_SECRET,
+                "retention": "90d",
+            },
+            "other": {
+                "twilio_account_sid": "AC" + "f" * 32,
+                "twilio_auth_token": "other-token",
+                "webhook_secret": "other-secret",
+            },
         },
     }
     for name, values in sections.items():

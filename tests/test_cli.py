@@ -46,8 +46,9 @@ def test_migrate_twice_is_a_no_op(env: Path, capsys: pytest.CaptureFixture[str])
     assert "up to date" in capsys.readouterr().out  # the template was migrated already
 
 
-def test_fresh_database_migrates(pg_root_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_fresh_database_migrates(
+    pg_root_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from urllib.parse import urlsplit, urlunsplit
 
     name = f"fresh_{os.getpid()}_{int(time.time() * 1000) % 100000}"
@@ -72,7 +73,9 @@ def test_token_create_prints_once_and_stores_only_a_hash(
     token = capsys.readouterr().out.strip()
     assert token.startswith("crt_") and len(token) > 40
     rows = query(database_url, "SELECT tenant, name, scopes, token_hash FROM api_tokens")
-    assert [(r["tenant"], r["name"], r["scopes"]) for r in rows] == [("acme", "dsr-tool", ["recordings:read"])]
+    assert [(r["tenant"], r["name"], r["scopes"]) for r in rows] == [
+        ("acme", "dsr-tool", ["recordings:read"])
+    ]
     assert token.encode() not in bytes(rows[0]["token_hash"])
     dump = query(database_url, "SELECT string_agg(t::text, ' ') AS s FROM api_tokens t")[0]["s"]
     assert token not in dump
@@ -92,14 +95,17 @@ def test_cli_errors_exit_non_zero_with_a_message(
     assert message in capsys.readouterr().err
 
 
-def test_bad_config_exits_2_naming_the_key(env: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_exits_2_naming_the_key(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CALLREC_STORAGE__BACKEND", "tape")
     assert main(["migrate"]) == 2
     assert "storage.backend" in capsys.readouterr().err
 
 
-def test_audit_verify_reports_tampering(env: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_verify_reports_tampering(
+    env: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["token", "create", "a", "--scope", "recordings:read", "--tenant", "acme"]) == 0
     assert main(["token", "create", "b", "--scope", "recordings:read", "--tenant", "acme"]) == 0
     capsys.readouterr()
@@ -112,9 +118,12 @@ def test_audit_verify_reports_tampering(env: Path, database_url: str, capsys: py
 
 
 def test_jobs_list_and_retry(env: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    query(database_url, """INSERT INTO jobs (tenant, kind, dedupe_key, payload, max_attempts, state, attempts,
-                                             last_error)
-                           VALUES ('acme', 'ingest.twilio', 'RE1', '{}', 3, 'dead', 3, 'audio undecodable: x')""")
+    query(
+        database_url,
+        """INSERT INTO jobs
+               (tenant, kind, dedupe_key, payload, max_attempts, state, attempts, last_error)
+           VALUES ('acme', 'ingest.twilio', 'RE1', '{}', 3, 'dead', 3, 'audio undecodable: x')""",
+    )
     assert main(["jobs", "list"]) == 0
     out = capsys.readouterr().out
     assert "ingest.twilio" in out and "audio undecodable" in out
@@ -123,7 +132,10 @@ def test_jobs_list_and_retry(env: Path, database_url: str, capsys: pytest.Captur
     assert query(database_url, "SELECT state FROM jobs")[0]["state"] == "queued"
     assert main(["jobs", "retry", str(job_id)]) == 1  # no longer dead
     assert "not dead" in capsys.readouterr().err
-    assert query(database_url, "SELECT count(*) AS n FROM audit_log WHERE action = 'ingest:retried'")[0]["n"] == 1
+    assert (
+        query(database_url, "SELECT count(*) AS n FROM audit_log WHERE action = 'ingest:retried'")[0]["n"]
+        == 1
+    )
 
 
 def test_keys_rotate_keeps_old_recordings_readable(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,8 +174,13 @@ def test_serve_runs_on_embedded_defaults(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_")}
     env["CALLREC_SERVER__PORT"] = str(port)  # the only override: a free port for the test
-    proc = subprocess.Popen([sys.executable, "-m", "callrec", "serve"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callrec", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         status = 0

@@ -19,14 +19,16 @@ def test_embedded_defaults_with_no_file_and_no_environment() -> None:
     assert cfg.keyring_path == Path("callrec-data/keyring.json")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45)]
+)
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text, key="k").total_seconds() == seconds
 
 
 @pytest.mark.parametrize("text", ["90", "0d", "-1d", "1w", "d", "", "9 days"])
 def test_bad_durations_name_the_key(text: str) -> None:
-    with pytest.raises(ConfigError, match="tenants.acme.retention"):
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.retention"):
         config_from_mapping({"tenants": {"acme": {"retention": text}}})
 
 
@@ -37,12 +39,15 @@ def test_file_and_environment_overrides(tmp_path: Path) -> None:
         'webhook_secret = "s"\n',
         encoding="utf-8",
     )
-    cfg = load_config(path, environ={
-        "CALLREC_SERVER__PORT": "9100",
-        "CALLREC_TENANTS__ACME__DELETE_PROVIDER_COPY": "true",
-        "CALLREC_INGEST__MEDIA_HOSTS": "api.twilio.com, 127.0.0.1",
-        "CALLREC_TEST_DATABASE_URL": "ignored: test harness only",
-    })
+    cfg = load_config(
+        path,
+        environ={
+            "CALLREC_SERVER__PORT": "9100",
+            "CALLREC_TENANTS__ACME__DELETE_PROVIDER_COPY": "true",
+            "CALLREC_INGEST__MEDIA_HOSTS": "api.twilio.com, 127.0.0.1",
+            "CALLREC_TEST_DATABASE_URL": "ignored: test harness only",
+        },
+    )
     assert cfg.server.port == 9100
     assert cfg.data_dir == Path("/srv/callrec")
     assert cfg.tenants["acme"].retention == timedelta(days=30)
@@ -74,8 +79,8 @@ def test_bad_config_names_the_key(raw: dict[str, object], key: str) -> None:
 
 
 def test_environment_typo_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="server.hots"):
-        load_config(None, environ={"CALLREC_SERVER__HOTS": "0.0.0.0"})
+    with pytest.raises(ConfigError, match=r"server\.hots"):
+        load_config(None, environ={"CALLREC_SERVER__HOTS": "127.0.0.2"})
 
 
 def test_example_config_documents_every_key() -> None:

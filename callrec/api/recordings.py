@@ -83,7 +83,9 @@ def _time_param(request: web.Request, name: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise BadRequest(f"{name} must be an ISO 8601 time with a UTC offset", code="invalid_parameter") from None
+        raise BadRequest(
+            f"{name} must be an ISO 8601 time with a UTC offset", code="invalid_parameter"
+        ) from None
     if parsed.tzinfo is None:
         raise BadRequest(f"{name} must carry a UTC offset", code="invalid_parameter")
     return parsed
@@ -120,18 +122,28 @@ async def list_recordings(request: web.Request) -> web.Response:
             agent=request.query.get("agent"),
         )
         async with conn.transaction():
-            rows = await recordings.page(conn, tenant=token.tenant, filters=filters, after=after, limit=limit + 1)
+            rows = await recordings.page(
+                conn, tenant=token.tenant, filters=filters, after=after, limit=limit + 1
+            )
             shown = rows[:limit]
             # Listing is a look at metadata: one entry per page, naming what was shown.
             await audit.record(
-                conn, tenant=token.tenant, actor=actor(token), action=audit.AuditAction.RECORDING_LISTED,
-                details={"count": len(shown), "recording_ids": [str(r.id) for r in shown],
-                         "filters": sorted(k for k in request.query if k not in ("limit", "cursor"))},
+                conn,
+                tenant=token.tenant,
+                actor=actor(token),
+                action=audit.AuditAction.RECORDING_LISTED,
+                details={
+                    "count": len(shown),
+                    "recording_ids": [str(r.id) for r in shown],
+                    "filters": sorted(k for k in request.query if k not in ("limit", "cursor")),
+                },
             )
-    return web.json_response({
-        "items": [recording_json(r) for r in shown],
-        "next_cursor": _encode_cursor(shown[-1]) if len(rows) > limit else None,
-    })
+    return web.json_response(
+        {
+            "items": [recording_json(r) for r in shown],
+            "next_cursor": _encode_cursor(shown[-1]) if len(rows) > limit else None,
+        }
+    )
 
 
 async def get_recording(request: web.Request) -> web.Response:
@@ -142,8 +154,13 @@ async def get_recording(request: web.Request) -> web.Response:
         rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
         if rec is None:
             raise NotFound("no such recording")
-        await audit.record(conn, tenant=token.tenant, actor=actor(token),
-                           action=audit.AuditAction.RECORDING_VIEWED, recording_id=rec.id)
+        await audit.record(
+            conn,
+            tenant=token.tenant,
+            actor=actor(token),
+            action=audit.AuditAction.RECORDING_VIEWED,
+            recording_id=rec.id,
+        )
     parties = {}
     for role, sealed in (("from", rec.from_sealed), ("to", rec.to_sealed)):
         if sealed:
@@ -192,7 +209,12 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
             span = parse_range(request.headers.get("Range"), rec.size_bytes)
         except RangeNotSatisfiable:
             resp = web.json_response(
-                {"error": {"code": "range_not_satisfiable", "message": f"the recording has {rec.size_bytes} bytes"}},
+                {
+                    "error": {
+                        "code": "range_not_satisfiable",
+                        "message": f"the recording has {rec.size_bytes} bytes",
+                    }
+                },
                 status=416,
             )
             resp.headers["Content-Range"] = f"bytes */{rec.size_bytes}"
@@ -201,27 +223,39 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         # The listen is on the record before a single byte leaves.
         async with conn.transaction():
             await audit.record(
-                conn, tenant=token.tenant, actor=actor(token), action=audit.AuditAction.RECORDING_PLAYED,
-                recording_id=rec.id, details={"range": [start, end] if span else None},
+                conn,
+                tenant=token.tenant,
+                actor=actor(token),
+                action=audit.AuditAction.RECORDING_PLAYED,
+                recording_id=rec.id,
+                details={"range": [start, end] if span else None},
             )
 
     kek = await request.app[keys_key].kek(rec.tenant)
-    handle = await asyncio.to_thread(envelope.unwrap_key, rec.wrapped_key, kek,
-                                     tenant=rec.tenant, recording_id=str(rec.id))
+    handle = await asyncio.to_thread(
+        envelope.unwrap_key, rec.wrapped_key, kek, tenant=rec.tenant, recording_id=str(rec.id)
+    )
     reader = await request.app[store_key].open_reader(rec.object_key, version_id=rec.object_version)
     try:
-        plain = await asyncio.to_thread(envelope.decrypt_stream, reader, handle,
-                                        tenant=rec.tenant, recording_id=str(rec.id))
-        resp = web.StreamResponse(status=206 if span else 200)
-        resp.content_type = audio.content_type_for(
-            audio.AudioInfo(format=rec.format, codec=rec.codec, duration_ms=rec.duration_ms,
-                            channels=rec.channels, sample_rate=rec.sample_rate))
-        resp.content_length = end - start + 1
-        resp.headers["Accept-Ranges"] = "bytes"
-        resp.headers["Cache-Control"] = "no-store"
+        plain = await asyncio.to_thread(
+            envelope.decrypt_stream, reader, handle, tenant=rec.tenant, recording_id=str(rec.id)
+        )
+        stream = web.StreamResponse(status=206 if span else 200)
+        stream.content_type = audio.content_type_for(
+            audio.AudioInfo(
+                format=rec.format,
+                codec=rec.codec,
+                duration_ms=rec.duration_ms,
+                channels=rec.channels,
+                sample_rate=rec.sample_rate,
+            )
+        )
+        stream.content_length = end - start + 1
+        stream.headers["Accept-Ranges"] = "bytes"
+        stream.headers["Cache-Control"] = "no-store"
         if span:
-            resp.headers["Content-Range"] = f"bytes {start}-{end}/{rec.size_bytes}"
-        await resp.prepare(request)
+            stream.headers["Content-Range"] = f"bytes {start}-{end}/{rec.size_bytes}"
+        await stream.prepare(request)
         # Tink's stream is sequential: skip to the start of the range by decrypting past it.
         skip = start
         while skip > 0:
@@ -234,9 +268,9 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
             chunk = await asyncio.to_thread(plain.read, min(remaining, envelope.CHUNK_SIZE))
             if not chunk:
                 break
-            await resp.write(chunk)
+            await stream.write(chunk)
             remaining -= len(chunk)
-        await resp.write_eof()
-        return resp
+        await stream.write_eof()
+        return stream
     finally:
         await asyncio.to_thread(reader.close)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import asyncpg
+from callrec.db import Conn
 
 GENESIS = b"\x00" * 32
 # Serialises appends to the chain; held until the writer's transaction ends.
@@ -50,8 +50,14 @@ class AuditEntry:
 
 
 def _canonical(
-    *, seq: int, at: datetime, tenant: str, actor: str, action: str,
-    recording_id: uuid.UUID | None, details: dict[str, Any],
+    *,
+    seq: int,
+    at: datetime,
+    tenant: str,
+    actor: str,
+    action: str,
+    recording_id: uuid.UUID | None,
+    details: dict[str, Any],
 ) -> bytes:
     body = {
         "seq": seq,
@@ -70,7 +76,7 @@ def entry_hash(prev_hash: bytes, canonical: bytes) -> bytes:
 
 
 async def record(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     tenant: str,
     actor: str,
@@ -89,18 +95,34 @@ async def record(
     at = datetime.now(UTC)
     digest = entry_hash(
         prev,
-        _canonical(seq=seq, at=at, tenant=tenant, actor=actor, action=str(action),
-                   recording_id=recording_id, details=details),
+        _canonical(
+            seq=seq,
+            at=at,
+            tenant=tenant,
+            actor=actor,
+            action=str(action),
+            recording_id=recording_id,
+            details=details,
+        ),
     )
     await conn.execute(
         """INSERT INTO audit_log (seq, at, tenant, actor, action, recording_id, details, prev_hash, hash)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-        seq, at, tenant, actor, str(action), recording_id, json.dumps(details), prev, digest,
+        seq,
+        at,
+        tenant,
+        actor,
+        str(action),
+        recording_id,
+        json.dumps(details),
+        prev,
+        digest,
     )
     await conn.execute(
         """INSERT INTO audit_head (id, seq, hash) VALUES (true, $1, $2)
            ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash""",
-        seq, digest,
+        seq,
+        digest,
     )
     return AuditEntry(seq, at, tenant, actor, str(action), recording_id, details, prev, digest)
 
@@ -113,7 +135,7 @@ class VerifyResult:
     problems: list[str]
 
 
-async def verify(conn: asyncpg.Connection, *, batch: int = 5000) -> VerifyResult:
+async def verify(conn: Conn, *, batch: int = 5000) -> VerifyResult:
     """Walk the whole chain and report every entry that was edited, removed or reordered."""
     problems: list[str] = []
     prev = GENESIS
@@ -138,9 +160,15 @@ async def verify(conn: asyncpg.Connection, *, batch: int = 5000) -> VerifyResult
                 problems.append(f"entry {seq}: link to the previous entry is broken")
             digest = entry_hash(
                 bytes(row["prev_hash"]),
-                _canonical(seq=seq, at=row["at"], tenant=row["tenant"], actor=row["actor"],
-                           action=row["action"], recording_id=row["recording_id"],
-                           details=json.loads(row["details"])),
+                _canonical(
+                    seq=seq,
+                    at=row["at"],
+                    tenant=row["tenant"],
+                    actor=row["actor"],
+                    action=row["action"],
+                    recording_id=row["recording_id"],
+                    details=json.loads(row["details"]),
+                ),
             )
             if digest != bytes(row["hash"]):
                 problems.append(f"entry {seq}: content does not match its hash (edited)")

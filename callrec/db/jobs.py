@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from callrec.db import Conn
+
 NOTIFY_CHANNEL = "callrec_jobs"
 
 
@@ -49,7 +51,7 @@ def _job(row: asyncpg.Record) -> Job:
 
 
 async def enqueue(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     tenant: str,
     kind: str,
@@ -67,19 +69,25 @@ async def enqueue(
            VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (tenant, kind, dedupe_key) DO NOTHING
            RETURNING id""",
-        tenant, kind, dedupe_key, json.dumps(payload), max_attempts,
+        tenant,
+        kind,
+        dedupe_key,
+        json.dumps(payload),
+        max_attempts,
     )
     if row is None:
         existing = await conn.fetchval(
             "SELECT id FROM jobs WHERE tenant = $1 AND kind = $2 AND dedupe_key = $3",
-            tenant, kind, dedupe_key,
+            tenant,
+            kind,
+            dedupe_key,
         )
         return int(existing), False
     await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
     return int(row["id"]), True
 
 
-async def claim(conn: asyncpg.Connection, *, worker_id: str, lease: timedelta) -> Job | None:
+async def claim(conn: Conn, *, worker_id: str, lease: timedelta) -> Job | None:
     """Take the oldest runnable job: queued and due, or running with an expired lease."""
     row = await conn.fetchrow(
         f"""UPDATE jobs SET state = 'running', attempts = attempts + 1,
@@ -92,30 +100,33 @@ async def claim(conn: asyncpg.Connection, *, worker_id: str, lease: timedelta) -
                 LIMIT 1
                 FOR UPDATE SKIP LOCKED)
             RETURNING {_COLUMNS}""",
-        worker_id, lease,
+        worker_id,
+        lease,
     )
     return _job(row) if row else None
 
 
-async def complete(conn: asyncpg.Connection, job_id: int, *, worker_id: str,
-                   result: dict[str, Any] | None = None) -> bool:
+async def complete(conn: Conn, job_id: int, *, worker_id: str, result: dict[str, Any] | None = None) -> bool:
     """Mark done; False if the lease was lost to another worker meanwhile."""
     status = await conn.execute(
         """UPDATE jobs SET state = 'done', lease_until = NULL, last_error = NULL, result = $3,
                   updated_at = now()
            WHERE id = $1 AND state = 'running' AND locked_by = $2""",
-        job_id, worker_id, json.dumps(result or {}),
+        job_id,
+        worker_id,
+        json.dumps(result or {}),
     )
     return status.endswith(" 1")
 
 
 def backoff(attempts: int, base: timedelta, *, cap: timedelta = timedelta(hours=1)) -> timedelta:
     """Exponential backoff: base, 2*base, 4*base, ... capped."""
-    return min(base * (2 ** max(attempts - 1, 0)), cap)
+    delay: timedelta = base * (2 ** max(attempts - 1, 0))
+    return min(delay, cap)
 
 
 async def fail(
-    conn: asyncpg.Connection,
+    conn: Conn,
     job: Job,
     *,
     worker_id: str,
@@ -131,35 +142,41 @@ async def fail(
         """UPDATE jobs SET state = $3, last_error = $4, lease_until = NULL,
                   run_at = now() + $5, updated_at = now()
            WHERE id = $1 AND locked_by = $2 AND state = 'running'""",
-        job.id, worker_id, state, error[:2000], timedelta(0) if dead else backoff(job.attempts, retry_base),
+        job.id,
+        worker_id,
+        state,
+        error[:2000],
+        timedelta(0) if dead else backoff(job.attempts, retry_base),
     )
     return state
 
 
-async def list_jobs(conn: asyncpg.Connection, *, state: str, tenant: str | None = None,
-                    limit: int = 100) -> list[Job]:
+async def list_jobs(conn: Conn, *, state: str, tenant: str | None = None, limit: int = 100) -> list[Job]:
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM jobs
             WHERE state = $1 AND ($2::text IS NULL OR tenant = $2)
             ORDER BY updated_at DESC LIMIT $3""",
-        state, tenant, limit,
+        state,
+        tenant,
+        limit,
     )
     return [_job(r) for r in rows]
 
 
-async def retry_dead(conn: asyncpg.Connection, job_id: int, *, tenant: str | None = None) -> Job | None:
+async def retry_dead(conn: Conn, job_id: int, *, tenant: str | None = None) -> Job | None:
     """Put a dead job back in the queue with a fresh attempt budget."""
     row = await conn.fetchrow(
         f"""UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), updated_at = now()
             WHERE id = $1 AND state = 'dead' AND ($2::text IS NULL OR tenant = $2)
             RETURNING {_COLUMNS}""",
-        job_id, tenant,
+        job_id,
+        tenant,
     )
     if row is not None:
         await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
     return _job(row) if row else None
 
 
-async def counts(conn: asyncpg.Connection) -> dict[str, int]:
+async def counts(conn: Conn) -> dict[str, int]:
     rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
     return {r["state"]: int(r["n"]) for r in rows}

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from callrec.db import Conn
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # An arbitrary constant identifying "callrec migrations" among advisory locks.
@@ -37,7 +37,7 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Conn) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)

@@ -27,11 +27,11 @@ def embedded_url(data_dir: Path) -> str:
     (``callrec serve`` and CLI commands run beside it share one database); the last one to
     exit stops it.
     """
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     pgdata = data_dir / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    server: Any = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    server: Any = get_server(str(pgdata), cleanup_mode="stop")
     url: str = server.get_uri()
     return url
 

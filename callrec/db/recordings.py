@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from callrec.db import Conn
+
 
 @dataclass(frozen=True)
 class Recording:
@@ -60,7 +62,7 @@ def _recording(row: asyncpg.Record) -> Recording:
     return Recording(**values)
 
 
-async def insert(conn: asyncpg.Connection, rec: Recording) -> bool:
+async def insert(conn: Conn, rec: Recording) -> bool:
     """Insert; False when the provider's recording is already stored (a duplicate)."""
     values = [getattr(rec, name) for name in _FIELDS]
     for i, name in enumerate(_FIELDS):
@@ -75,7 +77,7 @@ async def insert(conn: asyncpg.Connection, rec: Recording) -> bool:
     return status.endswith(" 1")
 
 
-async def get(conn: asyncpg.Connection, *, tenant: str, recording_id: uuid.UUID) -> Recording | None:
+async def get(conn: Conn, *, tenant: str, recording_id: uuid.UUID) -> Recording | None:
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM recordings WHERE tenant = $1 AND id = $2", tenant, recording_id
     )
@@ -83,12 +85,14 @@ async def get(conn: asyncpg.Connection, *, tenant: str, recording_id: uuid.UUID)
 
 
 async def get_by_provider_id(
-    conn: asyncpg.Connection, *, tenant: str, provider: str, provider_recording_id: str
+    conn: Conn, *, tenant: str, provider: str, provider_recording_id: str
 ) -> Recording | None:
     row = await conn.fetchrow(
         f"""SELECT {_COLUMNS} FROM recordings
             WHERE tenant = $1 AND provider = $2 AND provider_recording_id = $3""",
-        tenant, provider, provider_recording_id,
+        tenant,
+        provider,
+        provider_recording_id,
     )
     return _recording(row) if row else None
 
@@ -104,7 +108,7 @@ class RecordingFilter:
 
 
 async def page(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     tenant: str,
     filters: RecordingFilter,
@@ -124,8 +128,15 @@ async def page(
               AND ($8::timestamptz IS NULL OR (stored_at, id) < ($8, $9::uuid))
             ORDER BY stored_at DESC, id DESC
             LIMIT $10""",
-        tenant, filters.call_id, filters.stored_from, filters.stored_to, filters.phone_hash,
-        filters.agent, filters.state,
-        after[0] if after else None, after[1] if after else None, limit,
+        tenant,
+        filters.call_id,
+        filters.stored_from,
+        filters.stored_to,
+        filters.phone_hash,
+        filters.agent,
+        filters.state,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
     )
     return [_recording(r) for r in rows]

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
+from callrec.db import Conn
 
 TOKEN_PREFIX = "crt_"
 
@@ -32,18 +32,23 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-async def create(conn: asyncpg.Connection, *, tenant: str, name: str, scopes: list[str]) -> tuple[ApiToken, str]:
+async def create(conn: Conn, *, tenant: str, name: str, scopes: list[str]) -> tuple[ApiToken, str]:
     """Returns the row and the token itself, which is shown once and never stored."""
     token = new_token()
     row = await conn.fetchrow(
         """INSERT INTO api_tokens (id, tenant, name, token_hash, scopes) VALUES ($1, $2, $3, $4, $5)
            RETURNING id, tenant, name, scopes, created_at, revoked_at""",
-        uuid.uuid4(), tenant, name, token_hash(token), scopes,
+        uuid.uuid4(),
+        tenant,
+        name,
+        token_hash(token),
+        scopes,
     )
+    assert row is not None
     return ApiToken(**dict(row)), token
 
 
-async def lookup(conn: asyncpg.Connection, token: str) -> ApiToken | None:
+async def lookup(conn: Conn, token: str) -> ApiToken | None:
     row = await conn.fetchrow(
         """UPDATE api_tokens SET last_used_at = now()
            WHERE token_hash = $1 AND revoked_at IS NULL
@@ -51,4 +56,3 @@ async def lookup(conn: asyncpg.Connection, token: str) -> ApiToken | None:
         token_hash(token),
     )
     return ApiToken(**dict(row)) if row else None
-

@@ -48,9 +48,7 @@ def check_media_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
     if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
         raise BadRequest("the media URL must be an http(s) URL without credentials", code="media_url_invalid")
     if host not in {h.lower() for h in allowed_hosts}:
-        raise BadRequest(
-            "the media URL's host is not in [ingest] media_hosts", code="media_host_not_allowed"
-        )
+        raise BadRequest("the media URL's host is not in [ingest] media_hosts", code="media_host_not_allowed")
     if parts.scheme == "http" and not _is_loopback(host):
         raise BadRequest("media must be fetched over HTTPS", code="media_url_invalid")
     return url
@@ -81,11 +79,13 @@ async def download(
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            async with session.get(url, auth=auth, headers=headers, timeout=timeout,
-                                   allow_redirects=False) as resp:
+            async with session.get(
+                url, auth=auth, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 if resp.status in (404, 410):
-                    raise MediaError(f"the provider has no media at that URL (HTTP {resp.status})",
-                                     permanent=False)
+                    raise MediaError(
+                        f"the provider has no media at that URL (HTTP {resp.status})", permanent=False
+                    )
                 if resp.status in (401, 403):
                     raise MediaError(f"the provider refused our credentials (HTTP {resp.status})")
                 if resp.status != 200:
@@ -105,6 +105,7 @@ async def download(
                     raise MediaError(f"media download was cut short ({size} of {declared} bytes)")
                 content_type = resp.headers.get("Content-Type", "")
     except BaseException:
-        path.unlink(missing_ok=True)
+        # Synchronous on purpose: this must run even when the task is being cancelled.
+        path.unlink(missing_ok=True)  # noqa: ASYNC240
         raise
     return Downloaded(path=path, size=size, sha256=digest.hexdigest(), content_type=content_type)

@@ -12,8 +12,14 @@ from callrec.errors import BadRequest
 
 CONSENT_STATUSES = ("granted", "declined", "implied", "unknown")
 # GDPR Art. 6(1)(a)-(f).
-LAWFUL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task",
-                "legitimate_interests")
+LAWFUL_BASES = (
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interests",
+    "public_task",
+    "legitimate_interests",
+)
 TAG_NAMES = ("announcement", "announcement_version", "language", "consent", "basis", "purpose", "agent")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -32,8 +38,11 @@ class Tags:
 
     @classmethod
     def from_payload(cls, raw: Mapping[str, Any]) -> Tags:
-        return cls(announcement=dict(raw.get("announcement") or {}),
-                   consent=dict(raw.get("consent") or {}), agent=raw.get("agent"))
+        return cls(
+            announcement=dict(raw.get("announcement") or {}),
+            consent=dict(raw.get("consent") or {}),
+            agent=raw.get("agent"),
+        )
 
 
 def _token(name: str, value: object) -> str:
@@ -59,7 +68,9 @@ def parse_tags(raw: Mapping[str, object]) -> Tags:
     status = raw.get("consent")
     if status is not None:
         if status not in CONSENT_STATUSES:
-            raise BadRequest(f"tag 'consent' must be one of {', '.join(CONSENT_STATUSES)}", code="invalid_tag")
+            raise BadRequest(
+                f"tag 'consent' must be one of {', '.join(CONSENT_STATUSES)}", code="invalid_tag"
+            )
         consent["status"] = status
     basis = raw.get("basis")
     if basis is not None:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import phonenumbers
 from aiohttp import web
@@ -25,7 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from callrec.appkeys import config_key, db_key, keys_key, store_key
 from callrec.config import Config, TenantConfig
 from callrec.crypto import envelope
-from callrec.db import audit, jobs
+from callrec.db import audit, events, jobs
 from callrec.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from callrec.ingest.media import check_media_url
 from callrec.ingest.tags import TAG_NAMES, parse_tags
@@ -72,8 +72,9 @@ async def twilio_recording(request: web.Request) -> web.Response:
     form = await request.post()
     params = [(name, value) for name, value in form.items() if isinstance(value, str)]
     url = config.public_base_url + request.raw_path
-    if not twilio.signature_valid(url, params, request.headers.get("X-Twilio-Signature", ""),
-                                  tenant.twilio_auth_token):
+    if not twilio.signature_valid(
+        url, params, request.headers.get("X-Twilio-Signature", ""), tenant.twilio_auth_token
+    ):
         raise Forbidden("the X-Twilio-Signature does not match", code="invalid_signature")
 
     fields = {name: value for name, value in params if name in twilio.RECORDING_FIELDS}
@@ -92,20 +93,27 @@ async def twilio_recording(request: web.Request) -> web.Response:
         return web.json_response({"status": "ignored"}, status=200)
     if status in ("absent", "failed"):
         async with pool.acquire() as conn, conn.transaction():
-            created = await conn.fetchval(
-                """INSERT INTO provider_events (tenant, provider, kind, call_id, provider_recording_id, details)
-                   VALUES ($1, 'twilio', $2, $3, $4, $5)
-                   ON CONFLICT (tenant, provider, kind, provider_recording_id) DO NOTHING
-                   RETURNING id""",
-                tenant.name, f"recording-{status}", fields["CallSid"], fields["RecordingSid"],
-                json.dumps({"error_code": fields.get("ErrorCode", "")}),
+            created = await events.record_provider_event(
+                conn,
+                tenant=tenant.name,
+                provider="twilio",
+                kind=f"recording-{status}",
+                call_id=fields["CallSid"],
+                provider_recording_id=fields["RecordingSid"],
+                details={"error_code": fields.get("ErrorCode", "")},
             )
-            if created is not None:
+            if created:
                 await audit.record(
-                    conn, tenant=tenant.name, actor="provider:twilio", action=audit.AuditAction.PROVIDER_EVENT,
-                    details={"event": f"recording-{status}", "call_id": fields["CallSid"],
-                             "provider_recording_id": fields["RecordingSid"],
-                             "error_code": fields.get("ErrorCode", "")},
+                    conn,
+                    tenant=tenant.name,
+                    actor="provider:twilio",
+                    action=audit.AuditAction.PROVIDER_EVENT,
+                    details={
+                        "event": f"recording-{status}",
+                        "call_id": fields["CallSid"],
+                        "provider_recording_id": fields["RecordingSid"],
+                        "error_code": fields.get("ErrorCode", ""),
+                    },
                 )
         return web.json_response({"status": "recorded", "event": f"recording-{status}"}, status=200)
 
@@ -125,11 +133,16 @@ async def twilio_recording(request: web.Request) -> web.Response:
     }
     async with pool.acquire() as conn, conn.transaction():
         job_id, created = await jobs.enqueue(
-            conn, tenant=tenant.name, kind=INGEST_TWILIO, dedupe_key=fields["RecordingSid"],
-            payload=payload, max_attempts=config.ingest.max_attempts,
+            conn,
+            tenant=tenant.name,
+            kind=INGEST_TWILIO,
+            dedupe_key=fields["RecordingSid"],
+            payload=payload,
+            max_attempts=config.ingest.max_attempts,
         )
-    return web.json_response({"status": "queued" if created else "duplicate", "job_id": job_id},
-                             status=202 if created else 200)
+    return web.json_response(
+        {"status": "queued" if created else "duplicate", "job_id": job_id}, status=202 if created else 200
+    )
 
 
 # --- PBX upload ---------------------------------------------------------------------------
@@ -221,8 +234,9 @@ def normalise_e164(value: object, *, field: str) -> str:
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:
-        raise BadRequest(f"{field} must be an E.164 phone number such as +442071234567",
-                         code="invalid_phone") from None
+        raise BadRequest(
+            f"{field} must be an E.164 phone number such as +442071234567", code="invalid_phone"
+        ) from None
     if not phonenumbers.is_possible_number(number):
         raise BadRequest(f"{field} is not a possible phone number", code="invalid_phone")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
@@ -240,13 +254,16 @@ def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"unknown metadata keys: {', '.join(unknown)}", code="invalid_metadata")
     for name in ("call_id", "recording_id"):
         if not isinstance(meta.get(name), str) or not _ID.match(meta[name]):
-            raise BadRequest(f"metadata.{name} is required: 1-128 letters, digits or . _ : @ -",
-                             code="invalid_metadata")
+            raise BadRequest(
+                f"metadata.{name} is required: 1-128 letters, digits or . _ : @ -", code="invalid_metadata"
+            )
     if meta.get("started_at") is not None:
         try:
             started = datetime.fromisoformat(str(meta["started_at"]))
         except ValueError:
-            raise BadRequest("metadata.started_at must be an ISO 8601 time", code="invalid_metadata") from None
+            raise BadRequest(
+                "metadata.started_at must be an ISO 8601 time", code="invalid_metadata"
+            ) from None
         if started.tzinfo is None:
             raise BadRequest("metadata.started_at must carry a UTC offset", code="invalid_metadata")
     if meta.get("direction") not in (None, "inbound", "outbound"):
@@ -293,27 +310,37 @@ async def pbx_upload(request: web.Request) -> web.Response:
             raise BadRequest("the audio part is empty", code="empty_audio")
         meta = _parse_upload_metadata(bytes(parts.metadata))
         tags = parse_tags({name: meta.get(name) for name in TAG_NAMES})
-        phones = {role: normalise_e164(meta[role], field=f"metadata.{role}")
-                  for role in ("from", "to") if meta.get(role) is not None}
+        phones = {
+            role: normalise_e164(meta[role], field=f"metadata.{role}")
+            for role in ("from", "to")
+            if meta.get(role) is not None
+        }
         audio_file.flush()
 
         pool = request.app[db_key]
         async with pool.acquire() as conn:
             exists = await conn.fetchval(
                 "SELECT id FROM jobs WHERE tenant = $1 AND kind = $2 AND dedupe_key = $3",
-                tenant.name, INGEST_UPLOAD, meta["recording_id"],
+                tenant.name,
+                INGEST_UPLOAD,
+                meta["recording_id"],
             )
             if exists is not None:
                 return web.json_response({"status": "duplicate", "job_id": exists}, status=200)
             recording_id = str(uuid.uuid4())
             keys = request.app[keys_key]
-            sealed = {role: base64.b64encode(await keys.seal_phone(tenant.name, recording_id, role, value)).decode()
-                      for role, value in phones.items()}
-            hashes = {role: base64.b64encode(await keys.phone_hash(conn, tenant.name, value)).decode()
-                      for role, value in phones.items()}
+            sealed = {
+                role: base64.b64encode(await keys.seal_phone(tenant.name, recording_id, role, value)).decode()
+                for role, value in phones.items()
+            }
+            hashes = {
+                role: base64.b64encode(await keys.phone_hash(conn, tenant.name, value)).decode()
+                for role, value in phones.items()
+            }
 
-        stored = await seal_and_store(request.app, tenant=tenant.name, recording_id=recording_id,
-                                      source=Path(audio_file.name))
+        stored = await seal_and_store(
+            request.app, tenant=tenant.name, recording_id=recording_id, source=Path(audio_file.name)
+        )
     payload: dict[str, Any] = {
         "recording_id": recording_id,
         "call_id": meta["call_id"],
@@ -330,8 +357,12 @@ async def pbx_upload(request: web.Request) -> web.Response:
     try:
         async with pool.acquire() as conn, conn.transaction():
             job_id, created = await jobs.enqueue(
-                conn, tenant=tenant.name, kind=INGEST_UPLOAD, dedupe_key=meta["recording_id"],
-                payload=payload, max_attempts=config.ingest.max_attempts,
+                conn,
+                tenant=tenant.name,
+                kind=INGEST_UPLOAD,
+                dedupe_key=meta["recording_id"],
+                payload=payload,
+                max_attempts=config.ingest.max_attempts,
             )
     except BaseException:
         await _discard_object(request.app, stored["object_key"])
@@ -354,7 +385,9 @@ def object_key_for(tenant: str, recording_id: str) -> str:
     return f"{tenant}/{recording_id}/{uuid.uuid4().hex[:16]}"
 
 
-async def seal_and_store(app: web.Application, *, tenant: str, recording_id: str, source: Path) -> dict[str, Any]:
+async def seal_and_store(
+    app: web.Application, *, tenant: str, recording_id: str, source: Path
+) -> dict[str, Any]:
     """Encrypt ``source`` under a fresh per-recording key and store the ciphertext.
 
     Returns the job-payload fields that locate it: object key and version, ciphertext size
@@ -363,12 +396,16 @@ async def seal_and_store(app: web.Application, *, tenant: str, recording_id: str
     config = app[config_key]
     kek = await app[keys_key].kek(tenant)
     handle = envelope.new_recording_key()
-    wrapped = await asyncio.to_thread(envelope.wrap_key, handle, kek, tenant=tenant, recording_id=recording_id)
+    wrapped = await asyncio.to_thread(
+        envelope.wrap_key, handle, kek, tenant=tenant, recording_id=recording_id
+    )
     with tempfile.NamedTemporaryFile(dir=spool_dir(config), prefix="sealed-", delete=True) as sealed:
 
         def encrypt() -> int:
             with source.open("rb") as src:
-                envelope.encrypt_stream(src, sealed, handle, tenant=tenant, recording_id=recording_id)
+                envelope.encrypt_stream(
+                    src, cast(BinaryIO, sealed.file), handle, tenant=tenant, recording_id=recording_id
+                )
             sealed.flush()
             return sealed.tell()
 

@@ -79,6 +79,7 @@ class Worker:
 
     async def run(self, concurrency: int) -> None:
         """Run until cancelled: LISTEN for new jobs, and poll for retries and expired leases."""
+
         def wake(*_: object) -> None:
             self._wake.set()
 
@@ -126,7 +127,10 @@ class Worker:
             await handler(job, tenant)
         except LeaseLost:
             log.warning("job %s: lease lost to another worker; discarding this attempt", job.id)
-        except (PermanentError, audio.AudioError) as exc:
+        except audio.AudioError as exc:
+            # A truncated file may be a download cut short: fetch it again before giving up.
+            await self._failed(job, _describe(exc), permanent=exc.code != "truncated")
+        except PermanentError as exc:
             await self._failed(job, _describe(exc), permanent=True)
         except MediaError as exc:
             await self._failed(job, _describe(exc), permanent=exc.permanent)
@@ -138,11 +142,20 @@ class Worker:
 
     async def _failed(self, job: jobs.Job, error: str, *, permanent: bool) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await jobs.fail(conn, job, worker_id=self.id, error=error,
-                                    retry_base=self.config.ingest.retry_base, permanent=permanent)
+            state = await jobs.fail(
+                conn,
+                job,
+                worker_id=self.id,
+                error=error,
+                retry_base=self.config.ingest.retry_base,
+                permanent=permanent,
+            )
             if state == "dead":
                 await audit.record(
-                    conn, tenant=job.tenant, actor=WORKER_ACTOR, action=audit.AuditAction.INGEST_FAILED,
+                    conn,
+                    tenant=job.tenant,
+                    actor=WORKER_ACTOR,
+                    action=audit.AuditAction.INGEST_FAILED,
                     recording_id=_uuid_or_none(job.payload.get("recording_id")),
                     details={"job_id": job.id, "kind": job.kind, "attempts": job.attempts, "error": error},
                 )
@@ -158,8 +171,12 @@ class Worker:
         p = job.payload
         recording_url = check_media_url(p["recording_url"], self.config.ingest.media_hosts)
         auth = aiohttp.BasicAuth(tenant.twilio_account_sid, tenant.twilio_auth_token)
-        timeout = aiohttp.ClientTimeout(total=self.config.ingest.fetch_timeout.total_seconds(), sock_connect=15)
-        call = await self._get_json(twilio.call_url(recording_url, p["account_sid"], p["call_sid"]), auth, timeout)
+        timeout = aiohttp.ClientTimeout(
+            total=self.config.ingest.fetch_timeout.total_seconds(), sock_connect=15
+        )
+        call = await self._get_json(
+            twilio.call_url(recording_url, p["account_sid"], p["call_sid"]), auth, timeout
+        )
 
         rid = p["recording_id"]
         keys = self.app[keys_key]
@@ -174,21 +191,36 @@ class Worker:
                     if e164:
                         hashes[role] = await keys.phone_hash(conn, tenant.name, e164)
         media = await download(
-            self.http, recording_url, auth=auth, max_bytes=self.config.ingest.max_media_mb * 1024 * 1024,
-            timeout=timeout, directory=spool_dir(self.config),
+            self.http,
+            recording_url,
+            auth=auth,
+            max_bytes=self.config.ingest.max_media_mb * 1024 * 1024,
+            timeout=timeout,
+            directory=spool_dir(self.config),
         )
         try:
             info = await asyncio.to_thread(audio.probe_file, media.path)
-            stored = await seal_and_store(self.app, tenant=tenant.name, recording_id=p["recording_id"],
-                                          source=media.path)
+            stored = await seal_and_store(
+                self.app, tenant=tenant.name, recording_id=p["recording_id"], source=media.path
+            )
         finally:
             media.path.unlink(missing_ok=True)
 
         started = _twilio_time(call.get("start_time")) or _twilio_time(p.get("start_time"))
         rec = self._recording(
-            job, tenant, info=info, stored=stored, provider="twilio", call_id=p["call_sid"],
-            provider_recording_id=p["recording_sid"], started_at=started, sha256=media.sha256,
-            size_bytes=media.size, direction=call.get("direction"), sealed=sealed, hashes=hashes,
+            job,
+            tenant,
+            info=info,
+            stored=stored,
+            provider="twilio",
+            call_id=p["call_sid"],
+            provider_recording_id=p["recording_sid"],
+            started_at=started,
+            sha256=media.sha256,
+            size_bytes=media.size,
+            direction=call.get("direction"),
+            sealed=sealed,
+            hashes=hashes,
             source={"recording_source": p.get("source"), "track": p.get("track")},
         )
         await self._commit(job, tenant, rec, stored["object_key"])
@@ -224,10 +256,17 @@ class Worker:
                 raise PermanentError("the stored upload does not match the SHA-256 taken at receipt")
             info = await asyncio.to_thread(audio.probe_file, Path(plain.name))
         rec = self._recording(
-            job, tenant, info=info, stored=p, provider="upload", call_id=p["call_id"],
+            job,
+            tenant,
+            info=info,
+            stored=p,
+            provider="upload",
+            call_id=p["call_id"],
             provider_recording_id=p["provider_recording_id"],
             started_at=datetime.fromisoformat(p["started_at"]) if p.get("started_at") else None,
-            sha256=p["sha256"], size_bytes=p["size_bytes"], direction=p.get("direction"),
+            sha256=p["sha256"],
+            size_bytes=p["size_bytes"],
+            direction=p.get("direction"),
             sealed={k: base64.b64decode(v) for k, v in p["sealed_phones"].items()},
             hashes={k: base64.b64decode(v) for k, v in p["phone_hashes"].items()},
             source={},
@@ -238,11 +277,14 @@ class Worker:
     async def _delete_provider_copy(self, job: jobs.Job, tenant: TenantConfig) -> dict[str, Any]:
         p = job.payload
         url = twilio.recording_resource_url(
-            check_media_url(p["recording_url"], self.config.ingest.media_hosts), p["account_sid"], p["recording_sid"]
+            check_media_url(p["recording_url"], self.config.ingest.media_hosts),
+            p["account_sid"],
+            p["recording_sid"],
         )
         auth = aiohttp.BasicAuth(tenant.twilio_account_sid, tenant.twilio_auth_token)
-        async with self.http.delete(url, auth=auth, timeout=aiohttp.ClientTimeout(total=30),
-                                    allow_redirects=False) as resp:
+        async with self.http.delete(
+            url, auth=auth, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
+        ) as resp:
             if resp.status not in (200, 204, 404):
                 raise MediaError(f"deleting the provider's copy failed with HTTP {resp.status}")
             gone_already = resp.status == 404
@@ -250,16 +292,24 @@ class Worker:
             if not await jobs.complete(conn, job.id, worker_id=self.id):
                 raise LeaseLost
             await audit.record(
-                conn, tenant=tenant.name, actor=WORKER_ACTOR, action=audit.AuditAction.PROVIDER_COPY_DELETED,
+                conn,
+                tenant=tenant.name,
+                actor=WORKER_ACTOR,
+                action=audit.AuditAction.PROVIDER_COPY_DELETED,
                 recording_id=_uuid_or_none(p.get("recording_id")),
-                details={"provider": "twilio", "provider_recording_id": p["recording_sid"],
-                         "already_gone": gone_already},
+                details={
+                    "provider": "twilio",
+                    "provider_recording_id": p["recording_sid"],
+                    "already_gone": gone_already,
+                },
             )
         return {}
 
     # --- shared steps ---------------------------------------------------------------------
 
-    async def _get_json(self, url: str, auth: aiohttp.BasicAuth, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
+    async def _get_json(
+        self, url: str, auth: aiohttp.BasicAuth, timeout: aiohttp.ClientTimeout
+    ) -> dict[str, Any]:
         check_media_url(url, self.config.ingest.media_hosts)
         async with self.http.get(url, auth=auth, timeout=timeout, allow_redirects=False) as resp:
             if resp.status != 200:
@@ -270,50 +320,98 @@ class Worker:
         return body
 
     def _recording(
-        self, job: jobs.Job, tenant: TenantConfig, *, info: audio.AudioInfo, stored: dict[str, Any],
-        provider: str, call_id: str, provider_recording_id: str, started_at: datetime | None,
-        sha256: str, size_bytes: int, direction: str | None, sealed: dict[str, bytes],
-        hashes: dict[str, bytes], source: dict[str, Any],
+        self,
+        job: jobs.Job,
+        tenant: TenantConfig,
+        *,
+        info: audio.AudioInfo,
+        stored: dict[str, Any],
+        provider: str,
+        call_id: str,
+        provider_recording_id: str,
+        started_at: datetime | None,
+        sha256: str,
+        size_bytes: int,
+        direction: str | None,
+        sealed: dict[str, bytes],
+        hashes: dict[str, bytes],
+        source: dict[str, Any],
     ) -> recordings.Recording:
         tags = Tags.from_payload(job.payload.get("tags") or {})
         now = datetime.now(UTC)
         return recordings.Recording(
-            id=uuid.UUID(job.payload["recording_id"]), tenant=tenant.name, provider=provider,
-            call_id=call_id, provider_recording_id=provider_recording_id, state="stored",
-            started_at=started_at, stored_at=now, expires_at=now + tenant.retention,
-            duration_ms=info.duration_ms, channels=info.channels, sample_rate=info.sample_rate,
-            format=info.format, codec=info.codec, size_bytes=size_bytes, sha256=sha256,
-            object_key=stored["object_key"], object_version=stored["object_version"],
-            ciphertext_bytes=stored["ciphertext_bytes"], wrapped_key=base64.b64decode(stored["wrapped_key"]),
-            direction=direction if direction in ("inbound", "outbound-api", "outbound-dial", "outbound") else None,
-            from_sealed=sealed.get("from"), to_sealed=sealed.get("to"),
-            from_hash=hashes.get("from"), to_hash=hashes.get("to"),
-            announcement=tags.announcement, consent=tags.consent, agent=tags.agent,
-            tags={}, source={k: v for k, v in source.items() if v},
+            id=uuid.UUID(job.payload["recording_id"]),
+            tenant=tenant.name,
+            provider=provider,
+            call_id=call_id,
+            provider_recording_id=provider_recording_id,
+            state="stored",
+            started_at=started_at,
+            stored_at=now,
+            expires_at=now + tenant.retention,
+            duration_ms=info.duration_ms,
+            channels=info.channels,
+            sample_rate=info.sample_rate,
+            format=info.format,
+            codec=info.codec,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            object_key=stored["object_key"],
+            object_version=stored["object_version"],
+            ciphertext_bytes=stored["ciphertext_bytes"],
+            wrapped_key=base64.b64decode(stored["wrapped_key"]),
+            direction=direction
+            if direction in ("inbound", "outbound-api", "outbound-dial", "outbound")
+            else None,
+            from_sealed=sealed.get("from"),
+            to_sealed=sealed.get("to"),
+            from_hash=hashes.get("from"),
+            to_hash=hashes.get("to"),
+            announcement=tags.announcement,
+            consent=tags.consent,
+            agent=tags.agent,
+            tags={},
+            source={k: v for k, v in source.items() if v},
         )
 
-    async def _commit(self, job: jobs.Job, tenant: TenantConfig, rec: recordings.Recording,
-                      discard_on_failure: str | None) -> None:
+    async def _commit(
+        self, job: jobs.Job, tenant: TenantConfig, rec: recordings.Recording, discard_on_failure: str | None
+    ) -> None:
         """Row + audit entry + job completion (+ follow-up jobs) in one transaction."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                if not await jobs.complete(conn, job.id, worker_id=self.id, result={"recording_id": str(rec.id)}):
+                if not await jobs.complete(
+                    conn, job.id, worker_id=self.id, result={"recording_id": str(rec.id)}
+                ):
                     raise LeaseLost
                 if await recordings.insert(conn, rec):
                     await audit.record(
-                        conn, tenant=tenant.name, actor=WORKER_ACTOR, action=audit.AuditAction.RECORDING_INGESTED,
+                        conn,
+                        tenant=tenant.name,
+                        actor=WORKER_ACTOR,
+                        action=audit.AuditAction.RECORDING_INGESTED,
                         recording_id=rec.id,
-                        details={"provider": rec.provider, "call_id": rec.call_id,
-                                 "provider_recording_id": rec.provider_recording_id, "sha256": rec.sha256,
-                                 "size_bytes": rec.size_bytes, "duration_ms": rec.duration_ms,
-                                 "expires_at": rec.expires_at.isoformat(), "job_id": job.id},
+                        details={
+                            "provider": rec.provider,
+                            "call_id": rec.call_id,
+                            "provider_recording_id": rec.provider_recording_id,
+                            "sha256": rec.sha256,
+                            "size_bytes": rec.size_bytes,
+                            "duration_ms": rec.duration_ms,
+                            "expires_at": rec.expires_at.isoformat(),
+                            "job_id": job.id,
+                        },
                     )
                     if rec.provider == "twilio" and tenant.delete_provider_copy:
                         await jobs.enqueue(
-                            conn, tenant=tenant.name, kind=DELETE_PROVIDER_COPY,
+                            conn,
+                            tenant=tenant.name,
+                            kind=DELETE_PROVIDER_COPY,
                             dedupe_key=rec.provider_recording_id,
-                            payload={k: job.payload[k] for k in ("recording_id", "account_sid", "recording_sid",
-                                                                 "recording_url")},
+                            payload={
+                                k: job.payload[k]
+                                for k in ("recording_id", "account_sid", "recording_sid", "recording_url")
+                            },
                             max_attempts=self.config.ingest.max_attempts,
                         )
         except BaseException:

@@ -16,8 +16,17 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 RECORDING_FIELDS = (
-    "AccountSid", "CallSid", "RecordingSid", "RecordingUrl", "RecordingStatus", "RecordingDuration",
-    "RecordingChannels", "RecordingStartTime", "RecordingSource", "RecordingTrack", "ErrorCode",
+    "AccountSid",
+    "CallSid",
+    "RecordingSid",
+    "RecordingUrl",
+    "RecordingStatus",
+    "RecordingDuration",
+    "RecordingChannels",
+    "RecordingStartTime",
+    "RecordingSource",
+    "RecordingTrack",
+    "ErrorCode",
 )
 
 

@@ -13,8 +13,14 @@ from callrec.db import audit
 async def write(conn: asyncpg.Connection, n: int) -> None:
     for i in range(n):
         async with conn.transaction():
-            await audit.record(conn, tenant="acme", actor="test", action=audit.AuditAction.RECORDING_VIEWED,
-                               recording_id=uuid.uuid4(), details={"i": i})
+            await audit.record(
+                conn,
+                tenant="acme",
+                actor="test",
+                action=audit.AuditAction.RECORDING_VIEWED,
+                recording_id=uuid.uuid4(),
+                details={"i": i},
+            )
 
 
 async def test_intact_chain_verifies(db: asyncpg.Pool) -> None:

@@ -14,8 +14,9 @@ LEASE = timedelta(minutes=5)
 
 
 async def enqueue(conn: asyncpg.Connection, key: str, *, max_attempts: int = 3) -> int:
-    job_id, created = await jobs.enqueue(conn, tenant="acme", kind="test", dedupe_key=key,
-                                         payload={"k": key}, max_attempts=max_attempts)
+    job_id, created = await jobs.enqueue(
+        conn, tenant="acme", kind="test", dedupe_key=key, payload={"k": key}, max_attempts=max_attempts
+    )
     assert created
     return job_id
 
@@ -23,11 +24,13 @@ async def enqueue(conn: asyncpg.Connection, key: str, *, max_attempts: int = 3) 
 async def test_enqueue_is_idempotent_per_dedupe_key(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
         first = await enqueue(conn, "a")
-        again, created = await jobs.enqueue(conn, tenant="acme", kind="test", dedupe_key="a",
-                                            payload={}, max_attempts=3)
+        again, created = await jobs.enqueue(
+            conn, tenant="acme", kind="test", dedupe_key="a", payload={}, max_attempts=3
+        )
         assert (again, created) == (first, False)
-        other, created = await jobs.enqueue(conn, tenant="other", kind="test", dedupe_key="a",
-                                            payload={}, max_attempts=3)
+        other, created = await jobs.enqueue(
+            conn, tenant="other", kind="test", dedupe_key="a", payload={}, max_attempts=3
+        )
         assert created and other != first
 
 
@@ -77,7 +80,10 @@ async def test_failures_back_off_then_go_dead_and_can_be_retried(db: asyncpg.Poo
         await conn.execute("UPDATE jobs SET run_at = now()")
         job = await jobs.claim(conn, worker_id="w", lease=LEASE)
         assert job is not None and job.attempts == 2
-        assert await jobs.fail(conn, job, worker_id="w", error="boom 2", retry_base=timedelta(seconds=30)) == "dead"
+        assert (
+            await jobs.fail(conn, job, worker_id="w", error="boom 2", retry_base=timedelta(seconds=30))
+            == "dead"
+        )
         dead = await jobs.list_jobs(conn, state="dead")
         assert [(j.id, j.last_error) for j in dead] == [(job_id, "boom 2")]
         assert await jobs.claim(conn, worker_id="w", lease=LEASE) is None
@@ -120,11 +126,17 @@ async def test_background_worker_picks_up_a_webhook_job_at_once(
     await asyncio.sleep(0.3)  # let the workers reach their idle wait
     sid = "RE" + "ab" * 16
     fake_twilio.media[sid] = (audio_fixtures / "call-with-announcement.wav").read_bytes()
-    form = {"AccountSid": "AC" + "0123456789abcdef" * 2, "CallSid": "CA" + "cd" * 16, "RecordingSid": sid,
-            "RecordingUrl": fake_twilio.recording_url(sid), "RecordingStatus": "completed"}
+    form = {
+        "AccountSid": "AC" + "0123456789abcdef" * 2,
+        "CallSid": "CA" + "cd" * 16,
+        "RecordingSid": sid,
+        "RecordingUrl": fake_twilio.recording_url(sid),
+        "RecordingStatus": "completed",
+    }
     path = "/webhooks/twilio/acme"
     sig = RequestValidator("twilio-auth-token-for-tests").compute_signature(
-        "https://callrec.example.test" + path, form)
+        "https://callrec.example.test" + path, form
+    )
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202

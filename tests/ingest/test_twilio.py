@@ -29,29 +29,43 @@ def call_sid() -> str:
     return "CA" + uuid.uuid4().hex
 
 
-def callback(fake: Any, recording_sid: str, *, status: str = "completed", csid: str | None = None,
-             **extra: str) -> dict[str, str]:
+def callback(
+    fake: Any, recording_sid: str, *, status: str = "completed", csid: str | None = None, **extra: str
+) -> dict[str, str]:
     form = {
-        "AccountSid": TWILIO_SID, "CallSid": csid or call_sid(), "RecordingSid": recording_sid,
-        "RecordingUrl": fake.recording_url(recording_sid), "RecordingStatus": status,
-        "RecordingDuration": "12", "RecordingChannels": "1",
-        "RecordingStartTime": "Mon, 23 Nov 2026 10:00:01 +0000", "RecordingSource": "RecordVerb",
+        "AccountSid": TWILIO_SID,
+        "CallSid": csid or call_sid(),
+        "RecordingSid": recording_sid,
+        "RecordingUrl": fake.recording_url(recording_sid),
+        "RecordingStatus": status,
+        "RecordingDuration": "12",
+        "RecordingChannels": "1",
+        "RecordingStartTime": "Mon, 23 Nov 2026 10:00:01 +0000",
+        "RecordingSource": "RecordVerb",
         "RecordingTrack": "both",
     }
     form.update(extra)
     return form
 
 
-async def post_signed(client: Any, form: dict[str, str], *, tenant: str = "acme", query: str = "",
-                      token: str = TWILIO_TOKEN, signature: str | None = None) -> Any:
+async def post_signed(
+    client: Any,
+    form: dict[str, str],
+    *,
+    tenant: str = "acme",
+    query: str = "",
+    token: str = TWILIO_TOKEN,
+    signature: str | None = None,
+) -> Any:
     path = f"/webhooks/twilio/{tenant}" + (f"?{query}" if query else "")
     sig = RequestValidator(token).compute_signature(PUBLIC_BASE + path, form)
     headers = {"X-Twilio-Signature": sig if signature is None else signature}
     return await client.post(path, data=form, headers=headers)
 
 
-async def api_token(client: Any, tenant: str = "acme",
-                    scopes: tuple[str, ...] = ("recordings:read", "recordings:listen")) -> str:
+async def api_token(
+    client: Any, tenant: str = "acme", scopes: tuple[str, ...] = ("recordings:read", "recordings:listen")
+) -> str:
     async with client.app[db_key].acquire() as conn:
         _, token = await tokens.create(conn, tenant=tenant, name="test", scopes=list(scopes))
     return token
@@ -70,11 +84,21 @@ async def test_completed_recording_is_stored_encrypted_and_readable(
     original = (audio_fixtures / "call-with-announcement.wav").read_bytes()
     sid = rec_sid()
     fake_twilio.media[sid] = original
-    resp = await post_signed(client, callback(fake_twilio, sid),
-                             query=urlencode({"announcement": "rec-notice", "announcement_version": "1",
-                                              "language": "en-GB", "consent": "implied",
-                                              "basis": "legitimate_interests", "purpose": "training",
-                                              "agent": "agent-7"}))
+    resp = await post_signed(
+        client,
+        callback(fake_twilio, sid),
+        query=urlencode(
+            {
+                "announcement": "rec-notice",
+                "announcement_version": "1",
+                "language": "en-GB",
+                "consent": "implied",
+                "basis": "legitimate_interests",
+                "purpose": "training",
+                "agent": "agent-7",
+            }
+        ),
+    )
     assert resp.status == 202, await resp.text()
     assert (await resp.json())["status"] == "queued"
     assert await drain(client) == 1
@@ -110,20 +134,28 @@ async def test_completed_recording_is_stored_encrypted_and_readable(
     assert "447700900123" not in row["object_key"] and sid not in row["object_key"]
 
     # Audio comes back bit-exact, whole and by range; the single GET shows masked parties.
-    audio = await client.get(f"/api/v1/recordings/{rec['id']}/audio", headers={"Authorization": f"Bearer {token}"})
+    audio = await client.get(
+        f"/api/v1/recordings/{rec['id']}/audio", headers={"Authorization": f"Bearer {token}"}
+    )
     assert audio.status == 200
     assert audio.headers["Content-Type"].startswith("audio/")
     assert await audio.read() == original
-    part = await client.get(f"/api/v1/recordings/{rec['id']}/audio",
-                            headers={"Authorization": f"Bearer {token}", "Range": "bytes=200000-200099"})
+    part = await client.get(
+        f"/api/v1/recordings/{rec['id']}/audio",
+        headers={"Authorization": f"Bearer {token}", "Range": "bytes=200000-200099"},
+    )
     assert part.status == 206
     assert await part.read() == original[200000:200100]
-    beyond = await client.get(f"/api/v1/recordings/{rec['id']}/audio",
-                              headers={"Authorization": f"Bearer {token}", "Range": f"bytes={len(original)}-"})
+    beyond = await client.get(
+        f"/api/v1/recordings/{rec['id']}/audio",
+        headers={"Authorization": f"Bearer {token}", "Range": f"bytes={len(original)}-"},
+    )
     assert beyond.status == 416
     assert beyond.headers["Content-Range"] == f"bytes */{len(original)}"
-    tail = await client.get(f"/api/v1/recordings/{rec['id']}/audio",
-                            headers={"Authorization": f"Bearer {token}", "Range": "bytes=-100"})
+    tail = await client.get(
+        f"/api/v1/recordings/{rec['id']}/audio",
+        headers={"Authorization": f"Bearer {token}", "Range": "bytes=-100"},
+    )
     assert tail.status == 206
     assert tail.headers["Content-Range"] == f"bytes {len(original) - 100}-{len(original) - 1}/{len(original)}"
     assert await tail.read() == original[-100:]
@@ -153,18 +185,26 @@ async def test_phone_filter_finds_by_keyed_hash(client: Any, fake_twilio: Any, a
     assert await drain(client) == 2
     token = await api_token(client)
     auth = {"Authorization": f"Bearer {token}"}
-    found = await (await client.get("/api/v1/recordings", params={"phone": "+44 7700 900999"}, headers=auth)).json()
+    found = await (
+        await client.get("/api/v1/recordings", params={"phone": "+44 7700 900999"}, headers=auth)
+    ).json()
     assert len(found["items"]) == 1
-    both = await (await client.get("/api/v1/recordings", params={"phone": "+14155550100"}, headers=auth)).json()
+    both = await (
+        await client.get("/api/v1/recordings", params={"phone": "+14155550100"}, headers=auth)
+    ).json()
     assert len(both["items"]) == 2
-    none = await (await client.get("/api/v1/recordings", params={"phone": "+447700900000"}, headers=auth)).json()
+    none = await (
+        await client.get("/api/v1/recordings", params={"phone": "+447700900000"}, headers=auth)
+    ).json()
     assert none["items"] == []
     async with client.app[db_key].acquire() as conn:
         raw = await conn.fetchval("SELECT string_agg(t::text, ' ') FROM recordings t")
     assert "7700900" not in raw
 
 
-async def test_duplicate_callbacks_make_one_recording(client: Any, fake_twilio: Any, audio_fixtures: Path) -> None:
+async def test_duplicate_callbacks_make_one_recording(
+    client: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
     sid = rec_sid()
     fake_twilio.media[sid] = (audio_fixtures / "call-with-announcement.wav").read_bytes()
     form = callback(fake_twilio, sid)
@@ -186,7 +226,11 @@ async def test_duplicate_callbacks_make_one_recording(client: Any, fake_twilio: 
     [
         (lambda f, h: h.update({"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}), 403, "invalid_signature"),
         (lambda f, h: h.pop("X-Twilio-Signature"), 403, "invalid_signature"),
-        (lambda f, h: f.update({"RecordingDuration": "13"}), 403, "invalid_signature"),  # form changed after signing
+        (
+            lambda f, h: f.update({"RecordingDuration": "13"}),
+            403,
+            "invalid_signature",
+        ),  # form changed after signing
     ],
 )
 async def test_forged_or_missing_signature_is_refused(
@@ -194,7 +238,9 @@ async def test_forged_or_missing_signature_is_refused(
 ) -> None:
     form = callback(fake_twilio, rec_sid())
     path = "/webhooks/twilio/acme"
-    headers = {"X-Twilio-Signature": RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC_BASE + path, form)}
+    headers = {
+        "X-Twilio-Signature": RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC_BASE + path, form)
+    }
     mutate(form, headers)
     resp = await client.post(path, data=form, headers=headers)
     assert resp.status == status
@@ -207,8 +253,9 @@ async def test_signature_over_query_tags_is_checked(client: Any, fake_twilio: An
     form = callback(fake_twilio, rec_sid())
     path = "/webhooks/twilio/acme?consent=granted"
     sig = RequestValidator(TWILIO_TOKEN).compute_signature(PUBLIC_BASE + path, form)
-    tampered = await client.post("/webhooks/twilio/acme?consent=declined", data=form,
-                                 headers={"X-Twilio-Signature": sig})
+    tampered = await client.post(
+        "/webhooks/twilio/acme?consent=declined", data=form, headers={"X-Twilio-Signature": sig}
+    )
     assert tampered.status == 403
 
 
@@ -326,8 +373,15 @@ async def test_provider_copy_is_deleted_when_configured(
 ) -> None:
     from callrec.app import create_app
 
-    cfg = app_config(tenants={"acme": {"twilio_account_sid": TWILIO_SID, "twilio_auth_token": TWILIO_TOKEN,
-                                       "delete_provider_copy": True}})
+    cfg = app_config(
+        tenants={
+            "acme": {
+                "twilio_account_sid": TWILIO_SID,
+                "twilio_auth_token": TWILIO_TOKEN,
+                "delete_provider_copy": True,
+            }
+        }
+    )
     client = await aiohttp_client(create_app(cfg, run_workers=False))
     sid = rec_sid()
     fake_twilio.media[sid] = (audio_fixtures / "call-with-announcement.wav").read_bytes()
@@ -336,7 +390,9 @@ async def test_provider_copy_is_deleted_when_configured(
     assert fake_twilio.deleted == [sid]
     async with client.app[db_key].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM recordings") == 1
-        assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'provider:copy-deleted'") == 1
+        assert (
+            await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'provider:copy-deleted'") == 1
+        )
 
 
 async def test_provider_copy_is_kept_by_default(client: Any, fake_twilio: Any, audio_fixtures: Path) -> None:

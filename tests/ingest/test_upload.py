@@ -53,18 +53,37 @@ def sign(body: bytes, *, secret: str = SECRET, t: int | None = None) -> str:
     return f"t={ts},v1={mac}"
 
 
-async def upload(client: Any, metadata: dict[str, Any] | bytes, audio: bytes | None, *,
-                 tenant: str = "acme", signature: str | None = None, secret: str = SECRET,
-                 t: int | None = None) -> Any:
+async def upload(
+    client: Any,
+    metadata: dict[str, Any] | bytes,
+    audio: bytes | None,
+    *,
+    tenant: str = "acme",
+    signature: str | None = None,
+    secret: str = SECRET,
+    t: int | None = None,
+) -> Any:
     body, content_type = await encode(metadata, audio)
     sig = signature if signature is not None else sign(body, secret=secret, t=t)
-    return await client.post(f"/webhooks/upload/{tenant}", data=body,
-                             headers={"Content-Type": content_type, "Callrec-Signature": sig})
+    return await client.post(
+        f"/webhooks/upload/{tenant}",
+        data=body,
+        headers={"Content-Type": content_type, "Callrec-Signature": sig},
+    )
 
 
-META = {"call_id": "pbx-call-1", "recording_id": "pbx-rec-1", "started_at": "2026-11-23T10:00:00+00:00",
-        "from": "+47 912 34 567", "to": "+4722334455", "direction": "inbound",
-        "consent": "granted", "basis": "consent", "announcement": "notice-nb", "language": "nb-NO"}
+META = {
+    "call_id": "pbx-call-1",
+    "recording_id": "pbx-rec-1",
+    "started_at": "2026-11-23T10:00:00+00:00",
+    "from": "+47 912 34 567",
+    "to": "+4722334455",
+    "direction": "inbound",
+    "consent": "granted",
+    "basis": "consent",
+    "announcement": "notice-nb",
+    "language": "nb-NO",
+}
 
 
 async def test_signed_upload_is_stored(client: Any, audio_fixtures: Path) -> None:
@@ -104,7 +123,9 @@ async def test_duplicate_upload_is_not_stored_twice(client: Any, audio_fixtures:
         ({"signature": ""}, "invalid_signature"),
     ],
 )
-async def test_bad_signatures_are_403(client: Any, audio_fixtures: Path, kwargs: dict[str, Any], code: str) -> None:
+async def test_bad_signatures_are_403(
+    client: Any, audio_fixtures: Path, kwargs: dict[str, Any], code: str
+) -> None:
     audio = (audio_fixtures / "call-with-announcement.wav").read_bytes()
     resp = await upload(client, META, audio, **kwargs)
     assert resp.status == 403
@@ -118,8 +139,11 @@ async def test_body_changed_after_signing_is_403(client: Any, audio_fixtures: Pa
     body, content_type = await encode(META, audio)
     sig = sign(body)
     tampered = body.replace(b"pbx-call-1", b"pbx-call-2")
-    resp = await client.post("/webhooks/upload/acme", data=tampered,
-                             headers={"Content-Type": content_type, "Callrec-Signature": sig})
+    resp = await client.post(
+        "/webhooks/upload/acme",
+        data=tampered,
+        headers={"Content-Type": content_type, "Callrec-Signature": sig},
+    )
     assert resp.status == 403
 
 
@@ -136,7 +160,9 @@ async def test_body_changed_after_signing_is_403(client: Any, audio_fixtures: Pa
         (META, b"", "empty_audio"),
     ],
 )
-async def test_bad_uploads_are_400_and_change_nothing(client: Any, metadata: Any, audio: Any, code: str) -> None:
+async def test_bad_uploads_are_400_and_change_nothing(
+    client: Any, metadata: Any, audio: Any, code: str
+) -> None:
     resp = await upload(client, metadata, audio)
     assert resp.status == 400, await resp.text()
     assert (await resp.json())["error"]["code"] == code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -22,12 +23,13 @@ from callrec.errors import CallrecError
 from callrec.ingest import webhooks
 from callrec.ingest.worker import Worker
 from callrec.keyring import TenantKeys
+from callrec.metrics import Metrics, metrics_handler, metrics_key
 from callrec.storage import open_object_store
 from callrec.storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-request_id_key = "callrec.request_id"
+request_id_key = web.RequestKey("request_id", str)
 worker_key = web.AppKey("worker", Worker)
 
 # Failures of our dependencies, not of the client: answered 503 so that the sender retries.
@@ -44,6 +46,24 @@ UNAVAILABLE = (
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    metrics = request.app[metrics_key]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        metrics.http_requests.labels(route, request.method, str(status)).inc()
+        metrics.http_latency.labels(route).observe(time.perf_counter() - started)
 
 
 @web.middleware
@@ -107,8 +127,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
+    # The metrics middleware is outermost so that it sees the status the error middleware chose.
+    app = web.Application(middlewares=[metrics_middleware, errors_middleware], client_max_size=1024 * 1024)
     app[config_key] = config
+    app[metrics_key] = Metrics()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -147,6 +169,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/webhooks/twilio/{tenant}", webhooks.twilio_recording)
     app.router.add_post("/webhooks/upload/{tenant}", webhooks.pbx_upload)
     app.router.add_get("/api/v1/recordings", api_recordings.list_recordings)

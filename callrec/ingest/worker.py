@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from callrec.errors import CallrecError
 from callrec.ingest.media import MediaError, check_media_url, download
 from callrec.ingest.tags import Tags
 from callrec.ingest.webhooks import INGEST_TWILIO, INGEST_UPLOAD, seal_and_store, spool_dir
+from callrec.metrics import metrics_key
 from callrec.providers import twilio
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,9 @@ class Worker:
 
     async def process(self, job: jobs.Job) -> None:
         log.info("job %s (%s) attempt %s", job.id, job.kind, job.attempts)
+        metrics = self.app[metrics_key]
+        started = time.perf_counter()
+        outcome = "done"
         try:
             if job.attempts > job.max_attempts:
                 raise PermanentError("the job's worker stopped (lease expired) on every attempt")
@@ -126,21 +131,26 @@ class Worker:
                 raise PermanentError(f"unknown job kind {job.kind!r}")
             await handler(job, tenant)
         except LeaseLost:
+            outcome = "lease_lost"
             log.warning("job %s: lease lost to another worker; discarding this attempt", job.id)
         except audio.AudioError as exc:
             # A truncated file may be a download cut short: fetch it again before giving up.
-            await self._failed(job, _describe(exc), permanent=exc.code != "truncated")
+            outcome = await self._failed(job, _describe(exc), permanent=exc.code != "truncated")
         except PermanentError as exc:
-            await self._failed(job, _describe(exc), permanent=True)
+            outcome = await self._failed(job, _describe(exc), permanent=True)
         except MediaError as exc:
-            await self._failed(job, _describe(exc), permanent=exc.permanent)
+            outcome = await self._failed(job, _describe(exc), permanent=exc.permanent)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("job %s failed: %s", job.id, exc.__class__.__name__, exc_info=True)
-            await self._failed(job, _describe(exc), permanent=False)
+            outcome = await self._failed(job, _describe(exc), permanent=False)
+        finally:
+            metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+        metrics.jobs_finished.labels(job.kind, outcome).inc()
 
-    async def _failed(self, job: jobs.Job, error: str, *, permanent: bool) -> None:
+    async def _failed(self, job: jobs.Job, error: str, *, permanent: bool) -> str:
+        """Record the failure; returns "retry" or "dead"."""
         async with self.pool.acquire() as conn, conn.transaction():
             state = await jobs.fail(
                 conn,
@@ -164,6 +174,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.app[store_key].delete_all_versions(job.payload["object_key"])
         log.info("job %s -> %s: %s", job.id, state, error)
+        return "dead" if state == "dead" else "retry"
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -419,6 +430,7 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await self.app[store_key].delete_all_versions(discard_on_failure)
             raise
+        self.app[metrics_key].ingested_bytes.inc(rec.size_bytes)
 
 
 def _describe(exc: BaseException) -> str:

@@ -194,3 +194,33 @@ async def test_healthz_and_readyz(client: Any) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["checks"] == {"database": "ok", "store": "ok"}
+
+
+async def test_metrics_report_requests_jobs_and_queue(
+    client: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
+    sid = "RE" + uuid.uuid4().hex
+    fake_twilio.media[sid] = (audio_fixtures / "call-with-announcement.wav").read_bytes()
+    assert (await post(client, form_for(fake_twilio, sid))).status == 202
+    bad = "RE" + uuid.uuid4().hex
+    fake_twilio.media[bad] = b"not audio" * 100
+    assert (await post(client, form_for(fake_twilio, bad))).status == 202
+    assert (await client.post("/webhooks/twilio/acme", data={"x": "y"})).status == 403
+    text = await (await client.get("/metrics")).text()
+    assert 'callrec_queue_jobs{state="queued"} 2.0' in text
+    while await client.app[worker_key].run_once():
+        pass
+    text = await (await client.get("/metrics")).text()
+    assert (
+        'callrec_http_requests_total{method="POST",route="/webhooks/twilio/{tenant}",status="202"} 2.0'
+        in text
+    )
+    assert (
+        'callrec_http_requests_total{method="POST",route="/webhooks/twilio/{tenant}",status="403"} 1.0'
+        in text
+    )
+    assert 'callrec_jobs_finished_total{kind="ingest.twilio",outcome="done"} 1.0' in text
+    assert 'callrec_jobs_finished_total{kind="ingest.twilio",outcome="dead"} 1.0' in text
+    assert 'callrec_queue_jobs{state="dead"} 1.0' in text
+    assert "callrec_queue_oldest_runnable_seconds 0.0" in text
+    assert sid not in text and "acme" not in text

@@ -16,6 +16,7 @@ from callrec.app import worker_key
 from callrec.appkeys import config_key, db_key
 
 SECRET = "pbx-shared-secret-for-tests"
+PBX_CLIENT = Path(__file__).resolve().parents[2] / "infra" / "pbx" / "callrec-upload"
 
 
 def multipart_body(metadata: dict[str, Any] | bytes, audio: bytes | None) -> tuple[bytes, str]:
@@ -192,3 +193,47 @@ async def test_non_audio_upload_ends_dead_and_leaves_no_object(client: Any) -> N
     assert job["state"] == "dead" and "undecodable" in job["last_error"]
     storage = client.app[config_key].storage_path
     assert not [p for p in storage.rglob("*") if p.is_file()]
+
+
+async def test_the_shipped_pbx_client_uploads(aiohttp_server: Any, config: Any, audio_fixtures: Path) -> None:
+    """infra/pbx/callrec-upload, run as a PBX would, against the real app on 127.0.0.1."""
+    import asyncio
+    import os
+    import sys
+
+    from callrec.app import create_app
+
+    app = create_app(config, run_workers=False)
+    server = await aiohttp_server(app)
+    script = PBX_CLIENT
+    argv = [
+        sys.executable,
+        str(script),
+        "--url",
+        str(server.make_url("/webhooks/upload/acme")),
+        "--call-id",
+        "ast-1",
+        "--recording-id",
+        "ast-1-r1",
+        "--from",
+        "+447700900123",
+        "--consent",
+        "granted",
+        str(audio_fixtures / "call-with-announcement.wav"),
+    ]
+    env = {**os.environ, "CALLREC_WEBHOOK_SECRET": SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["status"] == "queued"
+    env["CALLREC_WEBHOOK_SECRET"] = "wrong"
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and b"invalid_signature" in err
+    assert await app[worker_key].run_once()
+    async with app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT provider_recording_id FROM recordings") == "ast-1-r1"

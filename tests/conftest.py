@@ -4,6 +4,7 @@ cloned from a migrated template so that tests stay independent and fast."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -142,6 +143,7 @@ class FakeTwilio:
         self.deleted: list[str] = []
         self.media_requests = 0
         self.fail_media = 0  # answer this many media requests with 500 first
+        self.media_delay = 0.0  # seconds before serving media: a slow provider
         self.base = ""
 
     def app(self) -> Any:
@@ -158,6 +160,8 @@ class FakeTwilio:
             if not authorised(request):
                 return web.Response(status=401)
             self.media_requests += 1
+            if self.media_delay:
+                await asyncio.sleep(self.media_delay)
             if self.fail_media > 0:
                 self.fail_media -= 1
                 return web.Response(status=500)

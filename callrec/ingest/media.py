@@ -66,7 +66,6 @@ async def download(
     session: aiohttp.ClientSession,
     url: str,
     *,
-    auth: aiohttp.BasicAuth | None,
     headers: dict[str, str] | None = None,
     max_bytes: int,
     timeout: aiohttp.ClientTimeout,
@@ -79,9 +78,7 @@ async def download(
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            async with session.get(
-                url, auth=auth, headers=headers, timeout=timeout, allow_redirects=False
-            ) as resp:
+            async with session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status in (404, 410):
                     raise MediaError(
                         f"the provider has no media at that URL (HTTP {resp.status})", permanent=False

@@ -181,7 +181,7 @@ class Worker:
     async def _ingest_twilio(self, job: jobs.Job, tenant: TenantConfig) -> dict[str, Any]:
         p = job.payload
         recording_url = check_media_url(p["recording_url"], self.config.ingest.media_hosts)
-        auth = aiohttp.BasicAuth(tenant.twilio_account_sid, tenant.twilio_auth_token)
+        auth = _twilio_auth(tenant)
         timeout = aiohttp.ClientTimeout(
             total=self.config.ingest.fetch_timeout.total_seconds(), sock_connect=15
         )
@@ -204,7 +204,7 @@ class Worker:
         media = await download(
             self.http,
             recording_url,
-            auth=auth,
+            headers=auth,
             max_bytes=self.config.ingest.max_media_mb * 1024 * 1024,
             timeout=timeout,
             directory=spool_dir(self.config),
@@ -292,9 +292,9 @@ class Worker:
             p["account_sid"],
             p["recording_sid"],
         )
-        auth = aiohttp.BasicAuth(tenant.twilio_account_sid, tenant.twilio_auth_token)
+        auth = _twilio_auth(tenant)
         async with self.http.delete(
-            url, auth=auth, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
+            url, headers=auth, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
         ) as resp:
             if resp.status not in (200, 204, 404):
                 raise MediaError(f"deleting the provider's copy failed with HTTP {resp.status}")
@@ -319,10 +319,10 @@ class Worker:
     # --- shared steps ---------------------------------------------------------------------
 
     async def _get_json(
-        self, url: str, auth: aiohttp.BasicAuth, timeout: aiohttp.ClientTimeout
+        self, url: str, auth: dict[str, str], timeout: aiohttp.ClientTimeout
     ) -> dict[str, Any]:
         check_media_url(url, self.config.ingest.media_hosts)
-        async with self.http.get(url, auth=auth, timeout=timeout, allow_redirects=False) as resp:
+        async with self.http.get(url, headers=auth, timeout=timeout, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise MediaError(f"the provider's Calls resource answered HTTP {resp.status}")
             body = await resp.json(content_type=None)
@@ -431,6 +431,11 @@ class Worker:
                     await self.app[store_key].delete_all_versions(discard_on_failure)
             raise
         self.app[metrics_key].ingested_bytes.inc(rec.size_bytes)
+
+
+def _twilio_auth(tenant: TenantConfig) -> dict[str, str]:
+    """Twilio's REST API takes HTTP Basic auth with the account SID and auth token."""
+    return {"Authorization": aiohttp.encode_basic_auth(tenant.twilio_account_sid, tenant.twilio_auth_token)}
 
 
 def _describe(exc: BaseException) -> str:

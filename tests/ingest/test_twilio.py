@@ -401,3 +401,38 @@ async def test_provider_copy_is_kept_by_default(client: Any, fake_twilio: Any, a
     assert (await post_signed(client, callback(fake_twilio, sid))).status == 202
     assert await drain(client) == 1
     assert fake_twilio.deleted == []
+
+
+async def test_oversized_media_is_dead_with_the_limit_named(
+    aiohttp_client: Any, app_config: Any, fake_twilio: Any
+) -> None:
+    from callrec.app import create_app
+
+    cfg = app_config(ingest={"media_hosts": ["127.0.0.1"], "max_media_mb": 1})
+    client = await aiohttp_client(create_app(cfg, run_workers=False))
+    sid = rec_sid()
+    fake_twilio.media[sid] = b"\0" * (2 * 1024 * 1024)
+    assert (await post_signed(client, callback(fake_twilio, sid))).status == 202
+    await drain(client)
+    async with client.app[db_key].acquire() as conn:
+        job = await conn.fetchrow("SELECT state, last_error, attempts FROM jobs")
+    assert job["state"] == "dead" and job["attempts"] == 1
+    assert "limit" in job["last_error"]
+
+
+async def test_truncated_media_is_fetched_again_before_giving_up(
+    client: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
+    sid = rec_sid()
+    whole = (audio_fixtures / "call-with-announcement.wav").read_bytes()
+    fake_twilio.media[sid] = whole[: len(whole) // 2]  # the provider served half a file
+    assert (await post_signed(client, callback(fake_twilio, sid))).status == 202
+    await drain(client)
+    async with client.app[db_key].acquire() as conn:
+        job = await conn.fetchrow("SELECT state, last_error FROM jobs")
+        assert job["state"] == "queued" and "truncated" in job["last_error"]
+        fake_twilio.media[sid] = whole  # the next fetch gets the whole file
+        await conn.execute("UPDATE jobs SET run_at = now()")
+    await drain(client)
+    async with client.app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT sha256 FROM recordings") == hashlib.sha256(whole).hexdigest()

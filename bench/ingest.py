@@ -1,0 +1,996 @@
+"""Ingest benchmarks: webhook acks per second, end-to-end ingest throughput and the peak memory of
+ingesting a one-hour call, measured in one run on this machine so that the ratios mean something.
+
+    /tmp/venv/bin/python bench/ingest.py [--quick] [--json]
+
+Everything runs on loopback and in a temporary directory that is removed afterwards: an embedded
+PostgreSQL (pgserver), callrec's filesystem store and local keyring, a fake Twilio (Calls JSON and
+recording media behind HTTP Basic auth) in its own process, and a load generator in its own process.
+
+1. Webhook acks: signed Twilio ``recordingStatusCallback`` POSTs (a distinct RecordingSid each,
+   signed with twilio's RequestValidator) against callrec's app served by aiohttp on 127.0.0.1
+   (AppRunner + TCPSite, workers off: signature check + job committed in PostgreSQL), and against
+   a bare aiohttp handler that reads the same form and answers 202, served the same way from the
+   same process. The load generator runs in a separate process with a fixed concurrency. Afterwards
+   the job rows are counted against the 202s received (rule 4: nothing acknowledged is lost).
+2. End-to-end ingest: N one-minute 8 kHz mono 16-bit WAVs queued through signed webhooks, then
+   processed by ``Worker.run(concurrency)``: fetch Calls + media from the fake Twilio, probe,
+   encrypt, store (fsync), commit row + audit entry. Reports recordings/s and MB/s of audio.
+3. Peak RSS of ingesting one one-hour stereo 8 kHz 16-bit WAV (~115 MB) in a fresh process, and a
+   second instrumented run that attributes the peak to the worker's steps.
+4. The machine: CPUs, CPU model, Python, PostgreSQL and its durability settings, fsync latency.
+
+Progress goes to stderr; the results table (or, with ``--json``, a JSON document) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import gc
+import json
+import logging
+import os
+import platform
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import wave
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from callrec.config import Config, config_from_mapping
+
+log = logging.getLogger("bench.ingest")
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "bench-twilio-auth-token"
+TENANT = "acme"
+PUBLIC_BASE = "https://callrec.bench.test"
+# Consent tags ride on the callback URL like a real deployment's do, signed with it.
+CALLBACK_PATH = f"/webhooks/twilio/{TENANT}?" + urlencode(
+    {"announcement": "rec-notice", "consent": "implied", "basis": "legitimate_interests"}
+)
+HARD_LIMIT_S = 15 * 60  # the whole run, whatever happens
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    ack_warmup: int
+    ack_count: int
+    ack_seconds: float
+    ack_rounds: int
+    concurrency: int
+    e2e_recordings: int
+    e2e_concurrencies: tuple[int, ...]
+    e2e_seconds: float
+    rss_minutes: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(True, 100, 1500, 5.0, 1, 32, 10, (2,), 60.0, 60)
+        return cls(False, 300, 6000, 15.0, 2, 32, 50, (1, 2, 4), 120.0, 60)
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of one process from /proc (0 when it has gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def postgres_pids(pgdata: Path) -> list[int]:
+    """The postmaster (from its postmaster.pid) and its live children: the backends and helpers."""
+    try:
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == postmaster:
+            pids.append(int(entry.name))
+    return pids
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    wall: float
+    server_cpu: float
+    pg_cpu: float
+
+    @classmethod
+    def take(cls, pgdata: Path) -> Snapshot:
+        return cls(time.perf_counter(), self_cpu(), sum(proc_cpu(p) for p in postgres_pids(pgdata)))
+
+
+def proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM (and so ru_maxrss) to the current RSS (Linux >= 4.0); False when not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def percentile(values: list[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+
+def signed_callback(
+    recording_sid: str, media_base: str, *, duration_s: int, channels: int
+) -> tuple[bytes, str]:
+    """A form-encoded Twilio recordingStatusCallback body and its X-Twilio-Signature."""
+    from twilio.request_validator import RequestValidator
+
+    form = {
+        "AccountSid": ACCOUNT_SID,
+        "CallSid": "CA" + uuid.uuid4().hex,
+        "RecordingSid": recording_sid,
+        "RecordingUrl": f"{media_base}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/{recording_sid}",
+        "RecordingStatus": "completed",
+        "RecordingDuration": str(duration_s),
+        "RecordingChannels": str(channels),
+        "RecordingStartTime": "Mon, 23 Nov 2026 10:00:01 +0000",
+        "RecordingSource": "RecordVerb",
+        "RecordingTrack": "both",
+    }
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_BASE + CALLBACK_PATH, form)
+    return urlencode(form).encode(), signature
+
+
+def form_headers(signature: str) -> dict[str, str]:
+    return {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature}
+
+
+def bench_config(data_dir: Path, database_url: str, *, workers: int = 2) -> Config:
+    return config_from_mapping(
+        {
+            "data_dir": str(data_dir),
+            "log_level": "WARNING",
+            "server": {"host": "127.0.0.1", "port": 0, "public_base_url": PUBLIC_BASE},
+            "database": {"url": database_url},
+            "storage": {"backend": "filesystem", "path": str(data_dir / "objects")},
+            "keys": {"provider": "local", "path": str(data_dir / "keyring.json")},
+            "ingest": {"media_hosts": ["127.0.0.1"], "workers": workers},
+            "tenants": {TENANT: {"twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN}},
+        }
+    )
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on 127.0.0.1 and an ephemeral port, as ``callrec serve`` does (no access log)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    return runner, port
+
+
+def with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def create_database(root_url: str, name: str) -> str:
+    conn = await asyncpg.connect(root_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(root_url, name)
+
+
+async def run_child(
+    role: str,
+    spec: dict[str, Any],
+    *,
+    timeout: float,
+    on_line: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run this script in ``role`` in a fresh interpreter; return the JSON object it prints last."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--role", role, "--spec", json.dumps(spec), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    result: dict[str, Any] = {}
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            text = line.decode().strip()
+            if text.startswith("{"):
+                result.update(json.loads(text))
+            elif on_line is not None:
+                on_line(text)
+        await proc.wait()
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"the {role} process did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {role} process exited with status {proc.returncode}")
+    return result
+
+
+class FakeTwilioProcess:
+    """A fake Twilio in its own process (see :func:`fake_twilio_role`), serving one media file."""
+
+    def __init__(self, media: Path, max_seconds: float) -> None:
+        self.media = media
+        self.max_seconds = max_seconds
+        self.proc: asyncio.subprocess.Process | None = None
+        self.base = ""
+
+    async def __aenter__(self) -> FakeTwilioProcess:
+        spec = {"media": str(self.media), "max_seconds": self.max_seconds}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--role",
+            "fake-twilio",
+            "--spec",
+            json.dumps(spec),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not line:
+            raise RuntimeError("the fake Twilio did not start")
+        self.base = f"http://127.0.0.1:{json.loads(line)['port']}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.communicate(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+# --- child roles -------------------------------------------------------------------------------
+
+
+async def fake_twilio_role(spec: dict[str, Any]) -> None:
+    """Twilio's REST API as far as callrec uses it: Calls JSON and recording media, Basic auth."""
+    media = Path(spec["media"])
+    served = collections.Counter[str]()
+
+    def authorised(request: web.Request) -> bool:
+        try:
+            auth = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
+        except ValueError:
+            return False
+        return auth.login == ACCOUNT_SID and auth.password == AUTH_TOKEN
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        if not authorised(request):
+            return web.Response(status=401)
+        served["media"] += 1
+        return web.FileResponse(media, headers={"Content-Type": "audio/x-wav"})
+
+    async def call(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return web.Response(status=401)
+        served["calls"] += 1
+        return web.json_response(
+            {
+                "sid": request.match_info["sid"],
+                "from": "+447700900123",
+                "to": "+14155550100",
+                "direction": "inbound",
+                "start_time": "Mon, 23 Nov 2026 10:00:00 +0000",
+            }
+        )
+
+    app = web.Application()
+    prefix = "/2010-04-01/Accounts/{account}"
+    app.router.add_get(prefix + "/Recordings/{sid:RE[0-9a-f]+}", recording)
+    app.router.add_get(prefix + "/Calls/{sid:CA[0-9a-f]+}.json", call)
+    runner, port = await serve(app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print(json.dumps({"port": port}), flush=True)
+    try:
+        await asyncio.wait_for(stop.wait(), float(spec["max_seconds"]))
+    except TimeoutError:
+        pass
+    finally:
+        await runner.cleanup()
+    print(json.dumps(dict(served)), flush=True)
+
+
+async def loadgen_role(spec: dict[str, Any]) -> None:
+    """POST pre-signed callbacks with a fixed concurrency; warm-up first, then the timed window.
+
+    Prints START and END around the timed window (the server samples its CPU there), then a JSON
+    result. Bounded by count and by time."""
+    prefix = spec["sid_prefix"]
+    warmup, count = int(spec["warmup"]), int(spec["count"])
+    bodies = [
+        signed_callback(
+            "RE" + prefix + uuid.uuid4().hex[len(prefix) :], spec["media_base"], duration_s=60, channels=1
+        )
+        for _ in range(warmup + count)
+    ]
+    url = spec["url"] + CALLBACK_PATH
+    concurrency = int(spec["concurrency"])
+    statuses: collections.Counter[str] = collections.Counter()
+
+    async def drive(session: aiohttp.ClientSession, items: list[tuple[bytes, str]], seconds: float) -> list[float]:
+        pending = iter(items)
+        deadline = time.perf_counter() + seconds
+        latencies: list[float] = []
+
+        async def one_connection() -> None:
+            for body, signature in pending:
+                if time.perf_counter() > deadline:
+                    return
+                start = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=form_headers(signature)) as resp:
+                        await resp.read()
+                        statuses[str(resp.status)] += 1
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    statuses[exc.__class__.__name__] += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(one_connection() for _ in range(concurrency)))
+        return latencies
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await drive(session, bodies[:warmup], float(spec["seconds"]))
+        print("START", flush=True)
+        cpu0, wall0 = self_cpu(), time.perf_counter()
+        latencies = await drive(session, bodies[warmup:], float(spec["seconds"]))
+        wall, cpu = time.perf_counter() - wall0, self_cpu() - cpu0
+        print("END", flush=True)
+    print(
+        json.dumps(
+            {
+                "completed": len(latencies),
+                "seconds": wall,
+                "loadgen_cpu_s": cpu,
+                "statuses": dict(statuses),
+                "p50_ms": percentile(latencies, 50) * 1000,
+                "p99_ms": percentile(latencies, 99) * 1000,
+                "max_ms": max(latencies, default=float("nan")) * 1000,
+            }
+        ),
+        flush=True,
+    )
+
+
+class StepTracker:
+    """Attributes the process's peak RSS to the innermost running step.
+
+    At every step boundary it reads VmHWM (the peak since the last boundary), books it to the step
+    that was running, and resets the peak to the current RSS. The steps run one after another (one
+    ingest), in the event loop or in a worker thread; VmHWM is per process, so either is fine."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = ["other (event loop, SQL, webhook)"]
+        self.since = time.perf_counter()
+        self.start_rss = proc_status_kib("VmRSS")
+        self.steps: dict[str, dict[str, float]] = {}
+
+    def _boundary(self) -> None:
+        now = time.perf_counter()
+        hwm, rss = proc_status_kib("VmHWM"), proc_status_kib("VmRSS")
+        step = self.steps.setdefault(
+            self.stack[-1], {"seconds": 0.0, "peak_kib": 0, "peak_over_start_kib": 0, "calls": 0}
+        )
+        step["seconds"] += now - self.since
+        step["peak_kib"] = max(step["peak_kib"], hwm)
+        step["peak_over_start_kib"] = max(step["peak_over_start_kib"], hwm - self.start_rss)
+        reset_peak_rss()
+        self.since = now
+        self.start_rss = rss
+
+    def enter(self, name: str) -> None:
+        self._boundary()
+        self.stack.append(name)
+        self.steps.setdefault(name, {"seconds": 0.0, "peak_kib": 0, "peak_over_start_kib": 0, "calls": 0})
+        self.steps[name]["calls"] += 1
+
+    def leave(self) -> None:
+        self._boundary()
+        self.stack.pop()
+
+    def wrap_sync(self, name: str, func: Callable[..., _T]) -> Callable[..., _T]:
+        def wrapper(*args: Any, **kwargs: Any) -> _T:
+            self.enter(name)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.leave()
+
+        return wrapper
+
+    def wrap_async(self, name: str, func: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+        async def wrapper(*args: Any, **kwargs: Any) -> _T:
+            self.enter(name)
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                self.leave()
+
+        return wrapper
+
+
+def instrument(app: web.Application, tracker: StepTracker) -> None:
+    """Wrap the worker's steps (in this process only; callrec's files are untouched)."""
+    from callrec import audio
+    from callrec.appkeys import store_key
+    from callrec.crypto import envelope
+    from callrec.ingest import worker
+
+    worker.Worker._get_json = tracker.wrap_async("Calls JSON", worker.Worker._get_json)  # type: ignore[method-assign]
+    worker.download = tracker.wrap_async("download (aiohttp -> spool file)", worker.download)
+    audio.probe_file = tracker.wrap_sync("probe (callrec.audio.probe_file)", audio.probe_file)
+    worker.seal_and_store = tracker.wrap_async("seal_and_store (rest)", worker.seal_and_store)
+    envelope.wrap_key = tracker.wrap_sync("wrap key", envelope.wrap_key)
+    envelope.encrypt_stream = tracker.wrap_sync("encrypt (envelope.encrypt_stream)", envelope.encrypt_stream)
+    store = app[store_key]
+    store.put_file = tracker.wrap_async("store put_file (copy + fsync)", store.put_file)  # type: ignore[method-assign]
+    worker.Worker._commit = tracker.wrap_async("commit (row + audit + job)", worker.Worker._commit)  # type: ignore[method-assign]
+
+
+async def rss_role(spec: dict[str, Any]) -> None:
+    """Ingest one recording in this fresh process: webhook -> worker -> row. Reports peak RSS."""
+    from callrec.app import create_app, worker_key
+    from callrec.appkeys import db_key
+
+    config = bench_config(Path(spec["data_dir"]), spec["database_url"])
+    app = create_app(config, run_workers=False)
+    runner, port = await serve(app)
+    tracker: StepTracker | None = None
+    try:
+        sid = "RE" + uuid.uuid4().hex
+        body, signature = signed_callback(sid, spec["media_base"], duration_s=3600, channels=2)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            gc.collect()
+            peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rss_before = proc_status_kib("VmRSS")
+            reset = reset_peak_rss()  # from here ru_maxrss is the ingest's own peak
+            if spec["steps"]:
+                tracker = StepTracker()
+                instrument(app, tracker)
+            start = time.perf_counter()
+            async with session.post(
+                f"http://127.0.0.1:{port}{CALLBACK_PATH}", data=body, headers=form_headers(signature)
+            ) as resp:
+                status = resp.status
+                await resp.read()
+            if status != 202:
+                raise RuntimeError(f"the webhook answered {status}")
+            if not await asyncio.wait_for(app[worker_key].run_once(), 600):
+                raise RuntimeError("the worker found no job")
+            seconds = time.perf_counter() - start
+            if tracker is not None:
+                tracker._boundary()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rss_after = proc_status_kib("VmRSS")
+        async with app[db_key].acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT size_bytes, ciphertext_bytes, duration_ms, channels FROM recordings"
+            )
+            job = await conn.fetchrow("SELECT state, last_error FROM jobs")
+    finally:
+        await runner.cleanup()
+    if row is None:
+        raise RuntimeError(f"no recording was stored: job {dict(job) if job else None}")
+    steps = tracker.steps if tracker is not None else {}
+    if tracker is not None and steps:
+        # With per-step resets the process peak is the largest of the per-step peaks.
+        peak = max(int(s["peak_kib"]) for s in steps.values())
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_before_kib": peak_before,
+                "rss_before_kib": rss_before,
+                "rss_after_kib": rss_after,
+                "peak_kib": peak,
+                "peak_reset": reset,
+                "size_bytes": row["size_bytes"],
+                "ciphertext_bytes": row["ciphertext_bytes"],
+                "duration_ms": row["duration_ms"],
+                "channels": row["channels"],
+                "steps": steps,
+            }
+        ),
+        flush=True,
+    )
+
+
+# --- audio ---------------------------------------------------------------------------------------
+
+
+def minute_of_audio(channels: int) -> Any:
+    """One minute at 8 kHz 16-bit from pydub's generators: a tone with noise (mono), or a tone on
+    the left and noise on the right (stereo, like an agent/caller split recording)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        from pydub import AudioSegment
+        from pydub.generators import Sine, WhiteNoise
+
+    tone = Sine(440, sample_rate=8000, bit_depth=16).to_audio_segment(duration=60_000, volume=-12.0)
+    noise = WhiteNoise(sample_rate=8000, bit_depth=16).to_audio_segment(duration=60_000, volume=-30.0)
+    if channels == 1:
+        return tone.overlay(noise)
+    return AudioSegment.from_mono_audiosegments(tone, noise)
+
+
+def write_wav(path: Path, minute: Any, minutes: int) -> int:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(minute.channels)
+        out.setsampwidth(minute.sample_width)
+        out.setframerate(minute.frame_rate)
+        for _ in range(minutes):
+            out.writeframes(minute.raw_data)
+    return path.stat().st_size
+
+
+# --- phases --------------------------------------------------------------------------------------
+
+
+async def bare_app() -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        await request.post()
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/webhooks/twilio/{tenant}", handler)
+    return app
+
+
+async def phase_acks(s: Settings, root_url: str, pgdata: Path, tmp: Path) -> dict[str, Any]:
+    from callrec.app import create_app
+    from callrec.appkeys import db_key
+
+    say("phase 1: webhook acks (callrec vs bare aiohttp)")
+    url = await create_database(root_url, "bench_acks")
+    config = bench_config(tmp / "acks", url)
+    callrec_runner, callrec_port = await serve(create_app(config, run_workers=False))
+    bare_runner, bare_port = await serve(await bare_app())
+    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "callrec": []}
+    try:
+        for round_no in range(s.ack_rounds):
+            for name, port in (("bare", bare_port), ("callrec", callrec_port)):
+                marks: dict[str, Snapshot] = {}
+
+                def on_line(text: str, marks: dict[str, Snapshot] = marks) -> None:
+                    if text in ("START", "END"):
+                        marks[text] = Snapshot.take(pgdata)
+
+                spec = {
+                    "url": f"http://127.0.0.1:{port}",
+                    "media_base": "http://127.0.0.1:9",  # never fetched: workers are off
+                    "sid_prefix": f"{round_no:02x}{len(runs[name]):02x}",
+                    "warmup": s.ack_warmup,
+                    "count": s.ack_count,
+                    "seconds": s.ack_seconds,
+                    "concurrency": s.concurrency,
+                }
+                result = await run_child("loadgen", spec, timeout=2 * s.ack_seconds + 120, on_line=on_line)
+                start, end = marks["START"], marks["END"]
+                wall = end.wall - start.wall
+                result["acks_per_s"] = result["completed"] / result["seconds"]
+                result["server_cpu_pct"] = 100 * (end.server_cpu - start.server_cpu) / wall
+                result["pg_cpu_pct"] = 100 * (end.pg_cpu - start.pg_cpu) / wall
+                result["loadgen_cpu_pct"] = 100 * result["loadgen_cpu_s"] / result["seconds"]
+                result["cpu_us_per_ack"] = {
+                    "server": 1e6 * (end.server_cpu - start.server_cpu) / max(result["completed"], 1),
+                    "postgres": 1e6 * (end.pg_cpu - start.pg_cpu) / max(result["completed"], 1),
+                    "loadgen": 1e6 * result["loadgen_cpu_s"] / max(result["completed"], 1),
+                }
+                runs[name].append(result)
+                say(
+                    f"  {name:<8} round {round_no + 1}: {result['acks_per_s']:8.0f} acks/s, "
+                    f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, statuses {result['statuses']}"
+                )
+        async with callrec_runner.app[db_key].acquire() as conn:
+            jobs = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT dedupe_key) AS distinct_keys,"
+                " count(*) FILTER (WHERE state = 'queued') AS queued FROM jobs WHERE kind = 'ingest.twilio'"
+            )
+    finally:
+        await callrec_runner.cleanup()
+        await bare_runner.cleanup()
+
+    def best(name: str) -> dict[str, Any]:
+        return max(runs[name], key=lambda r: r["acks_per_s"])
+
+    acked = sum(int(r["statuses"].get("202", 0)) for r in runs["callrec"])
+    non_202 = {k: v for r in runs["callrec"] for k, v in r["statuses"].items() if k != "202"}
+    return {
+        "concurrency": s.concurrency,
+        "requests_per_run": s.ack_count,
+        "warmup_per_run": s.ack_warmup,
+        "db_pool_max": config.database.pool_max,
+        "runs": runs,
+        "bare": best("bare"),
+        "callrec": best("callrec"),
+        "ratio": best("callrec")["acks_per_s"] / best("bare")["acks_per_s"],
+        "loss_check": {
+            "acked_202": acked,
+            "other_statuses": non_202,
+            "job_rows": jobs["n"],
+            "distinct_recording_sids": jobs["distinct_keys"],
+            "queued": jobs["queued"],
+            "ok": acked == jobs["n"] == jobs["distinct_keys"],
+        },
+    }
+
+
+async def post_callbacks(port: int, bodies: Iterable[tuple[bytes, str]], *, parallel: int = 8) -> list[int]:
+    gate = asyncio.Semaphore(parallel)
+    url = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def one(body: bytes, signature: str) -> int:
+            async with gate, session.post(url, data=body, headers=form_headers(signature)) as resp:
+                await resp.read()
+                return resp.status
+
+        return list(await asyncio.gather(*(one(b, sig) for b, sig in bodies)))
+
+
+async def phase_e2e(s: Settings, root_url: str, pgdata: Path, tmp: Path) -> dict[str, Any]:
+    from callrec.app import create_app, worker_key
+    from callrec.appkeys import db_key
+
+    say(f"phase 2: end-to-end ingest of {s.e2e_recordings} one-minute mono WAVs")
+    media = tmp / "minute-mono.wav"
+    size = write_wav(media, minute_of_audio(1), 1)
+    results: list[dict[str, Any]] = []
+    async with FakeTwilioProcess(media, max_seconds=HARD_LIMIT_S) as fake:
+        for concurrency in s.e2e_concurrencies:
+            url = await create_database(root_url, f"bench_e2e_c{concurrency}")
+            config = bench_config(tmp / f"e2e-c{concurrency}", url, workers=concurrency)
+            app = create_app(config, run_workers=False)
+            runner, port = await serve(app)
+            watcher = await asyncpg.connect(url)
+            task: asyncio.Task[None] | None = None
+            try:
+                bodies = [
+                    signed_callback("RE" + uuid.uuid4().hex, fake.base, duration_s=60, channels=1)
+                    for _ in range(s.e2e_recordings)
+                ]
+                statuses = await post_callbacks(port, bodies)
+                if statuses.count(202) != s.e2e_recordings:
+                    raise RuntimeError(f"webhooks were not all accepted: {collections.Counter(statuses)}")
+                gc.collect()
+                start = Snapshot.take(pgdata)
+                task = asyncio.create_task(app[worker_key].run(concurrency))
+                deadline = time.perf_counter() + s.e2e_seconds
+                finished = 0
+                while time.perf_counter() < deadline:
+                    finished = await watcher.fetchval(
+                        "SELECT count(*) FROM jobs WHERE state IN ('done', 'dead')"
+                    )
+                    if finished >= s.e2e_recordings or task.done():
+                        break
+                    await asyncio.sleep(0.01)
+                end = Snapshot.take(pgdata)
+            finally:
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                await watcher.close()
+            try:
+                async with app[db_key].acquire() as conn:
+                    stats = await conn.fetchrow(
+                        "SELECT count(*) AS n, coalesce(sum(size_bytes), 0)::bigint AS audio,"
+                        " coalesce(sum(ciphertext_bytes), 0)::bigint AS cipher FROM recordings"
+                    )
+                    states = dict(await conn.fetch("SELECT state, count(*) FROM jobs GROUP BY state"))
+                    errors = [r["last_error"] for r in await conn.fetch("SELECT last_error FROM jobs WHERE state = 'dead' LIMIT 3")]
+            finally:
+                await runner.cleanup()
+            wall = end.wall - start.wall
+            result = {
+                "concurrency": concurrency,
+                "configured_default": concurrency == Config().ingest.workers,
+                "recordings": stats["n"],
+                "finished_jobs": finished,
+                "job_states": states,
+                "dead_errors": errors,
+                "seconds": wall,
+                "recordings_per_s": stats["n"] / wall,
+                "audio_mb_per_s": stats["audio"] / 1e6 / wall,
+                "audio_mb": stats["audio"] / 1e6,
+                "ciphertext_mb": stats["cipher"] / 1e6,
+                "server_cpu_pct": 100 * (end.server_cpu - start.server_cpu) / wall,
+                "pg_cpu_pct": 100 * (end.pg_cpu - start.pg_cpu) / wall,
+                "server_cpu_ms_per_recording": 1000 * (end.server_cpu - start.server_cpu) / max(stats["n"], 1),
+            }
+            results.append(result)
+            say(
+                f"  concurrency {concurrency}: {result['recordings']} recordings in {wall:.2f} s = "
+                f"{result['recordings_per_s']:.1f}/s, {result['audio_mb_per_s']:.1f} MB/s, states {states}"
+            )
+    return {"file_bytes": size, "file_seconds": 60, "recordings": s.e2e_recordings, "runs": results}
+
+
+async def phase_rss(s: Settings, root_url: str, tmp: Path) -> dict[str, Any]:
+    say(f"phase 3: peak RSS ingesting one {s.rss_minutes}-minute stereo WAV in a fresh process")
+    media = tmp / "hour-stereo.wav"
+    size = write_wav(media, minute_of_audio(2), s.rss_minutes)
+    out: dict[str, Any] = {"file_bytes": size, "minutes": s.rss_minutes}
+    async with FakeTwilioProcess(media, max_seconds=HARD_LIMIT_S) as fake:
+        for mode in ("clean", "steps"):
+            url = await create_database(root_url, f"bench_rss_{mode}")
+            spec = {
+                "database_url": url,
+                "data_dir": str(tmp / f"rss-{mode}"),
+                "media_base": fake.base,
+                "steps": mode == "steps",
+            }
+            result = await run_child("rss", spec, timeout=600)
+            if result["size_bytes"] != size:
+                raise RuntimeError(f"stored {result['size_bytes']} bytes of a {size}-byte file")
+            out[mode] = result
+            delta = (result["peak_kib"] - result["rss_before_kib"]) * 1024
+            say(
+                f"  {mode}: {result['seconds']:.1f} s, RSS before {result['rss_before_kib'] / 1024:.0f} MiB, "
+                f"peak {result['peak_kib'] / 1024:.0f} MiB (+{delta / 2**20:.0f} MiB = {delta / size:.2f}x file)"
+            )
+    # media and the stored objects are in tmp; remove the big ones now
+    media.unlink(missing_ok=True)
+    return out
+
+
+def fsync_latency(directory: Path, count: int = 50, seconds: float = 5.0) -> float:
+    """Median seconds of a 4 KiB write + fsync in ``directory`` (where PostgreSQL's WAL is)."""
+    probe = directory / "fsync-probe"
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for i in range(count):
+            if time.perf_counter() > deadline:
+                break
+            start = time.perf_counter()
+            os.pwrite(fd, os.urandom(4096), 4096 * i)
+            os.fsync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+    return statistics.median(times)
+
+
+async def machine_info(root_url: str, tmp: Path) -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = proc_meminfo_kib("MemTotal")
+    conn = await asyncpg.connect(root_url)
+    try:
+        pg = {
+            name: await conn.fetchval(f"SHOW {name}")
+            for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method", "max_connections")
+        }
+    finally:
+        await conn.close()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "asyncpg": asyncpg.__version__,
+        "postgresql": pg,
+        "fsync_ms_median": 1000 * fsync_latency(tmp),
+    }
+
+
+def proc_meminfo_kib(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def render(report: dict[str, Any]) -> str:
+    m, acks, e2e, rss = report["machine"], report["acks"], report["e2e"], report["rss"]
+    pg = m["postgresql"]
+    lines = [
+        f"callrec ingest bench ({'quick' if report['quick'] else 'full'}), {report['seconds']:.0f} s",
+        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}",
+        f"         Python {m['python']}, aiohttp {m['aiohttp']}, asyncpg {m['asyncpg']}, "
+        f"PostgreSQL {pg['server_version']} (pgserver; fsync={pg['fsync']}, "
+        f"synchronous_commit={pg['synchronous_commit']}, wal_sync_method={pg['wal_sync_method']}), "
+        f"fsync 4 KiB median {m['fsync_ms_median']:.2f} ms",
+        "",
+        f"1. Webhook acks: {acks['requests_per_run']} signed recordingStatusCallback POSTs per run after "
+        f"{acks['warmup_per_run']} warm-up, concurrency {acks['concurrency']}, load generator in its own process; "
+        f"callrec db pool_max {acks['db_pool_max']}",
+        f"   {'server':<9}{'acks/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'srv CPU%':>10}{'pg CPU%':>9}{'gen CPU%':>10}   CPU us/ack srv+pg+gen",
+    ]
+    for name in ("bare", "callrec"):
+        for i, r in enumerate(acks["runs"][name]):
+            c = r["cpu_us_per_ack"]
+            lines.append(
+                f"   {name + ('*' if r is acks[name] else ' ') + str(i + 1):<9}{r['acks_per_s']:>9.0f}"
+                f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['max_ms']:>9.1f}{r['server_cpu_pct']:>10.0f}"
+                f"{r['pg_cpu_pct']:>9.0f}{r['loadgen_cpu_pct']:>10.0f}"
+                f"   {c['server']:.0f} + {c['postgres']:.0f} + {c['loadgen']:.0f}"
+            )
+    loss = acks["loss_check"]
+    lines += [
+        f"   callrec/bare (best runs, *): {acks['ratio'] * 100:.1f}%  (target >= 40%: "
+        f"{'met' if acks['ratio'] >= 0.4 else 'NOT met'})",
+        f"   loss check: {loss['acked_202']} x 202 received, {loss['job_rows']} job rows "
+        f"({loss['distinct_recording_sids']} distinct RecordingSids), other statuses {loss['other_statuses'] or 'none'}"
+        f" -> {'OK' if loss['ok'] else 'MISMATCH'}",
+        "",
+        f"2. End-to-end ingest: {e2e['recordings']} x {e2e['file_seconds']} s 8 kHz mono 16-bit WAV "
+        f"({e2e['file_bytes'] / 1e6:.2f} MB each), fake Twilio in its own process, Worker.run(concurrency)",
+        f"   {'workers':<10}{'recs':>6}{'seconds':>9}{'recs/s':>9}{'audio MB/s':>12}"
+        f"{'srv CPU%':>10}{'pg CPU%':>9}{'srv CPU ms/rec':>16}  job states",
+    ]
+    for r in e2e["runs"]:
+        label = f"{r['concurrency']}{' (default)' if r['configured_default'] else ''}"
+        lines.append(
+            f"   {label:<10}{r['recordings']:>6}{r['seconds']:>9.2f}{r['recordings_per_s']:>9.1f}"
+            f"{r['audio_mb_per_s']:>12.1f}{r['server_cpu_pct']:>10.0f}{r['pg_cpu_pct']:>9.0f}"
+            f"{r['server_cpu_ms_per_recording']:>16.1f}  {r['job_states']}"
+        )
+    size = rss["file_bytes"]
+    clean = rss["clean"]
+    delta = (clean["peak_kib"] - clean["rss_before_kib"]) * 1024
+    total = clean["peak_kib"] * 1024
+    lines += [
+        "",
+        f"3. Peak RSS, one {rss['minutes']}-minute stereo 8 kHz 16-bit WAV ({size / 1e6:.1f} MB), whole ingest "
+        "(webhook -> download -> probe -> encrypt -> store -> row) in a fresh process",
+        f"   ingest time {clean['seconds']:.1f} s; RSS before {clean['rss_before_kib'] / 1024:.0f} MiB "
+        f"(process peak before {clean['peak_before_kib'] / 1024:.0f} MiB); peak during ingest "
+        f"{clean['peak_kib'] / 1024:.0f} MiB",
+        f"   peak - before = {delta / 2**20:.0f} MiB = {delta / size:.2f}x file;  total peak = "
+        f"{total / 2**20:.0f} MiB = {total / size:.2f}x file  (target < 3x: "
+        f"{'met' if delta < 3 * size else 'NOT met'} for the ingest's own memory, "
+        f"{'met' if total < 3 * size else 'NOT met'} for the process total)",
+        "   per step (instrumented run; peak RSS while the step ran, over the RSS when it started):",
+        f"   {'step':<40}{'calls':>6}{'seconds':>9}{'+MiB':>8}{'x file':>8}{'peak MiB':>10}",
+    ]
+    for name, st in sorted(rss["steps"]["steps"].items(), key=lambda kv: -kv[1]["peak_over_start_kib"]):
+        over = st["peak_over_start_kib"] * 1024
+        lines.append(
+            f"   {name:<40}{int(st['calls']):>6}{st['seconds']:>9.2f}{over / 2**20:>8.1f}{over / size:>8.2f}"
+            f"{st['peak_kib'] / 1024:>10.0f}"
+        )
+    return "\n".join(lines)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+async def bench(s: Settings) -> dict[str, Any]:
+    import pgserver
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="callrec-bench-") as name:
+        tmp = Path(name)
+        pgdata = tmp / "pg"
+        say("starting embedded PostgreSQL")
+        server = await asyncio.to_thread(pgserver.get_server, str(pgdata), cleanup_mode="stop")
+        try:
+            root_url = server.get_uri()
+            machine = await machine_info(root_url, tmp)
+            acks = await phase_acks(s, root_url, pgdata, tmp)
+            e2e = await phase_e2e(s, root_url, pgdata, tmp)
+            rss = await phase_rss(s, root_url, tmp)
+        finally:
+            await asyncio.to_thread(server.cleanup)
+    return {
+        "quick": s.quick,
+        "seconds": time.perf_counter() - started,
+        "machine": machine,
+        "acks": acks,
+        "e2e": e2e,
+        "rss": rss,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests and recordings (about a minute)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    spec = json.loads(args.spec)
+    roles: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+        "loadgen": loadgen_role,
+        "fake-twilio": fake_twilio_role,
+        "rss": rss_role,
+    }
+    if args.role in roles:
+        asyncio.run(asyncio.wait_for(roles[args.role](spec), HARD_LIMIT_S))
+        return
+    report = asyncio.run(asyncio.wait_for(bench(Settings.make(args.quick)), HARD_LIMIT_S))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(render(report))
+
+
+if __name__ == "__main__":
+    main()

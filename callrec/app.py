@@ -175,4 +175,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.router.add_get("/api/v1/recordings", api_recordings.list_recordings)
     app.router.add_get("/api/v1/recordings/{id}", api_recordings.get_recording)
     app.router.add_get("/api/v1/recordings/{id}/audio", api_recordings.get_audio)
+    app.router.add_post("/api/v1/recordings/{id}/approve", api_recordings.approve_quarantined)
+    app.router.add_post("/api/v1/recordings/{id}/reject", api_recordings.reject_quarantined)
+    app.router.add_post("/webhooks/events/{tenant}", webhooks.call_event)
     return app

@@ -132,7 +132,11 @@ def configure_ffmpeg() -> str | None:
 
 
 def content_type_for(info: AudioInfo) -> str:
-    return _CONTENT_TYPES.get(info.format, "application/octet-stream")
+    return content_type_for_format(info.format)
+
+
+def content_type_for_format(container: str) -> str:
+    return _CONTENT_TYPES.get(container, "application/octet-stream")
 
 
 def probe_file(path: Path, *, max_duration_ms: int | None = None) -> AudioInfo:
@@ -295,7 +299,8 @@ def _ffmpeg_exe() -> str:
     return exe
 
 
-def _probe_with_ffmpeg(path: Path, max_duration_ms: int | None) -> AudioInfo:
+def _decode_command(path: Path, *, max_duration_ms: int | None, output: str) -> list[str]:
+    """ffmpeg decoding ``path`` to 16-bit PCM WAV at ``output``, hardened as described above."""
     command = [
         _ffmpeg_exe(),
         "-hide_banner",
@@ -320,8 +325,31 @@ def _probe_with_ffmpeg(path: Path, max_duration_ms: int | None) -> AudioInfo:
     if max_duration_ms is not None:
         # Decode at most a second past the limit: enough to know it is over, never the whole file.
         command += ["-t", f"{max_duration_ms / 1000 + 1:.3f}"]
-    command += ["-c:a", "pcm_s16le", "-f", "wav", "pipe:1"]
+    command += ["-c:a", "pcm_s16le", "-f", "wav", output]
+    return command
 
+
+def decode_to_wav(path: Path, dst: Path, *, max_duration_ms: int | None = None) -> None:
+    """Write ``path``'s audio (any supported format) to ``dst`` as 16-bit PCM WAV that pydub reads
+    without ffprobe; the first ``max_duration_ms`` only, when given. Blocking: run it in a thread.
+    Raises :class:`AudioError` (``undecodable``) when ffmpeg cannot decode it."""
+    command = _decode_command(path, max_duration_ms=max_duration_ms, output="file:" + os.fspath(dst))
+    command.insert(1, "-y")
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            returncode = subprocess.call(  # noqa: S603 - fixed argument list, no shell
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        except OSError as exc:
+            raise AudioToolError(f"could not start ffmpeg: {exc.strerror}") from None
+    if returncode < 0:
+        raise AudioToolError(f"ffmpeg was killed by signal {-returncode}")
+    if returncode != 0:
+        raise AudioError("undecodable", "ffmpeg could not decode the audio")
+
+
+def _probe_with_ffmpeg(path: Path, max_duration_ms: int | None) -> AudioInfo:
+    command = _decode_command(path, max_duration_ms=max_duration_ms, output="pipe:1")
     # stderr goes to an unlinked temporary file: read only after ffmpeg exits, so a chatty decoder
     # cannot fill a pipe and stall, and nothing of it is kept.
     with tempfile.TemporaryFile() as stderr:

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,16 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class AnnouncementConfig:
+    """A registered announcement prompt: ``[tenants.<t>.announcements.<id>]``."""
+
+    id: str
+    audio: Path
+    language: str
+    version: str = "1"
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     name: str
     retention: timedelta = timedelta(days=90)
@@ -106,6 +116,10 @@ class TenantConfig:
     twilio_auth_token: str = ""
     webhook_secret: str = ""
     delete_provider_copy: bool = False
+    # [tenants.<t>.policy]: the consent policy (callrec.consent.policy.PolicyConfig); always set
+    # by the loader. Typed loosely here because the policy module itself imports this one.
+    policy: Any = None
+    announcements: Mapping[str, AnnouncementConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     tenants: Mapping[str, TenantConfig] = field(
-        default_factory=lambda: {DEFAULT_TENANT: TenantConfig(name=DEFAULT_TENANT)}
+        default_factory=lambda: {DEFAULT_TENANT: _tenant(DEFAULT_TENANT, {})}
     )
     log_level: str = "INFO"
 
@@ -252,6 +266,39 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     return config_from_mapping(raw)
 
 
+def _tenant(name: str, body: Mapping[str, Any]) -> TenantConfig:
+    from callrec.consent.policy import policy_config_from_mapping  # imports this module
+
+    key = f"tenants.{name}"
+    plain = {k: v for k, v in body.items() if k not in ("policy", "announcements")}
+    policy_raw = body.get("policy", {})
+    if not isinstance(policy_raw, Mapping):
+        raise ConfigError(f"{key}.policy: expected a table")
+    announcements_raw = body.get("announcements", {})
+    if not isinstance(announcements_raw, Mapping):
+        raise ConfigError(f"{key}.announcements: expected a table of announcements")
+    announcements = {}
+    for ann_id, ann in announcements_raw.items():
+        akey = f"{key}.announcements.{ann_id}"
+        if not isinstance(ann, Mapping):
+            raise ConfigError(f"{akey}: expected a table with audio, language and version")
+        unknown = sorted(set(ann) - {"audio", "language", "version"})
+        if unknown:
+            raise ConfigError(f"{akey}.{unknown[0]}: unknown key")
+        for field_name in ("audio", "language"):
+            if not isinstance(ann.get(field_name), str) or not ann[field_name]:
+                raise ConfigError(f"{akey}.{field_name}: required")
+        version = ann.get("version", "1")
+        if not isinstance(version, str | int):
+            raise ConfigError(f"{akey}.version: expected a string")
+        announcements[ann_id] = AnnouncementConfig(
+            id=ann_id, audio=Path(ann["audio"]), language=ann["language"], version=str(version)
+        )
+    tenant: TenantConfig = _build(TenantConfig, key, plain, name=name, announcements=announcements)
+    policy = policy_config_from_mapping(policy_raw, key=f"{key}.policy", tenant_retention=tenant.retention)
+    return replace(tenant, policy=policy)
+
+
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:
     top: dict[str, Any] = {}
     for key, value in raw.items():
@@ -271,9 +318,9 @@ def config_from_mapping(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"tenants.{name}: tenant names are lower-case letters, digits, '-' and '_'")
         if not isinstance(body, Mapping):
             raise ConfigError(f"tenants.{name}: expected a table")
-        tenants[name] = _build(TenantConfig, f"tenants.{name}", body, name=name)
+        tenants[name] = _tenant(name, body)
     if not tenants:
-        tenants = {DEFAULT_TENANT: TenantConfig(name=DEFAULT_TENANT)}
+        tenants = {DEFAULT_TENANT: _tenant(DEFAULT_TENANT, {})}
 
     storage: StorageConfig = sections["storage"]
     if storage.backend == "s3" and not storage.bucket:

@@ -40,6 +40,11 @@ class NotFound(CallrecError):
     code = "not_found"
 
 
+class Conflict(CallrecError):
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(CallrecError):
     status = 413
     code = "payload_too_large"

@@ -178,8 +178,9 @@ class FakeTwilio:
                 sid,
                 {
                     "sid": sid,
-                    "from": "+447700900123",
-                    "to": "+14155550100",
+                    # New York on both ends: one-party consent, so plumbing tests need no announcement
+                    "from": "+12125550123",
+                    "to": "+16465550199",
                     "direction": "inbound",
                     "start_time": "Mon, 23 Nov 2026 10:00:00 +0000",
                 },
@@ -233,6 +234,13 @@ def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
                 "twilio_auth_token": TWILIO_TOKEN,
                 "webhook_secret": WEBHOOK_SECRET,
                 "retention": "90d",
+                "announcements": {
+                    "rec-notice": {
+                        "audio": str(FIXTURES / "announcement-en-gb-v1.wav"),
+                        "language": "en-GB",
+                        "version": "1",
+                    },
+                },
             },
             "other": {
                 "twilio_account_sid": "AC" + "f" * 32,

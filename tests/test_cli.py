@@ -61,7 +61,8 @@ def test_fresh_database_migrates(
         assert "0001_init.sql" in capsys.readouterr().out
         assert main(["migrate"]) == 0
         assert "up to date" in capsys.readouterr().out
-        assert [r["version"] for r in query(url, "SELECT version FROM schema_migrations")] == [1]
+        versions = [r["version"] for r in query(url, "SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == [1, 2]
     finally:
         query(pg_root_url, f'DROP DATABASE "{name}" WITH (FORCE)')
 

@@ -13,6 +13,7 @@ from callrec.errors import CallrecError, Unauthorized
 SCOPES = {
     "recordings:read": "list and read recording metadata",
     "recordings:listen": "stream decrypted recording audio (audited)",
+    "quarantine:review": "see, play, approve and reject quarantined recordings (the privacy role)",
     "jobs:admin": "list and retry dead ingest jobs",
 }
 

@@ -12,12 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from callrec import audio
-from callrec.api.auth import actor, authenticate
-from callrec.appkeys import db_key, keys_key, store_key
+from callrec import audio, erasure
+from callrec.api.auth import InsufficientScope, actor, authenticate
+from callrec.appkeys import config_key, db_key, keys_key, store_key
+from callrec.consent.retention import retention_for
 from callrec.crypto import envelope
-from callrec.db import audit, recordings
-from callrec.errors import BadRequest, NotFound, RangeNotSatisfiable
+from callrec.db import Conn, audit, recordings
+from callrec.db.tokens import ApiToken
+from callrec.errors import BadRequest, Conflict, NotFound, RangeNotSatisfiable
 from callrec.ingest.webhooks import normalise_e164
 
 MAX_PAGE = 200
@@ -56,6 +58,11 @@ def recording_json(rec: recordings.Recording, *, parties: dict[str, str] | None 
         "announcement": rec.announcement,
         "consent": rec.consent,
         "agent": rec.agent,
+        "jurisdiction": rec.jurisdiction,
+        "policy": rec.policy,
+        "redactions": rec.redactions,
+        "destroyed_at": _iso(rec.destroyed_at),
+        "destroy_reason": rec.destroy_reason,
     }
     if parties is not None:
         body["parties"] = parties
@@ -91,6 +98,23 @@ def _time_param(request: web.Request, name: str) -> datetime | None:
     return parsed
 
 
+STATES = ("stored", "quarantined", "rejected", "destroyed")
+
+
+def visible_states(token: ApiToken) -> tuple[str, ...]:
+    """Quarantined recordings are kept from everyone but the privacy reviewers (issue 3's policy)."""
+    if "quarantine:review" in token.scopes:
+        return STATES
+    return tuple(s for s in STATES if s != "quarantined")
+
+
+async def _visible(conn: Conn, token: ApiToken, rid: uuid.UUID) -> recordings.Recording:
+    rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
+    if rec is None or rec.state not in visible_states(token):
+        raise NotFound("no such recording")
+    return rec
+
+
 def _recording_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["id"])
@@ -100,7 +124,7 @@ def _recording_id(request: web.Request) -> uuid.UUID:
 
 async def list_recordings(request: web.Request) -> web.Response:
     token = await authenticate(request, "recordings:read")
-    known = {"call_id", "from", "to", "phone", "agent", "limit", "cursor"}
+    known = {"call_id", "from", "to", "phone", "agent", "state", "limit", "cursor"}
     unknown = sorted(set(request.query) - known)
     if unknown:
         raise BadRequest(f"unknown query parameters: {', '.join(unknown)}", code="invalid_parameter")
@@ -109,6 +133,11 @@ async def list_recordings(request: web.Request) -> web.Response:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
     limit = int(limit_raw)
     after = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
+    state = request.query.get("state", "stored")
+    if state not in STATES:
+        raise BadRequest(f"state must be one of {', '.join(STATES)}", code="invalid_parameter")
+    if state not in visible_states(token):
+        raise InsufficientScope("quarantined recordings are visible to the quarantine:review scope only")
     async with request.app[db_key].acquire() as conn:
         phone_hash = None
         if "phone" in request.query:
@@ -120,6 +149,7 @@ async def list_recordings(request: web.Request) -> web.Response:
             stored_to=_time_param(request, "to"),
             phone_hash=phone_hash,
             agent=request.query.get("agent"),
+            states=(state,),
         )
         async with conn.transaction():
             rows = await recordings.page(
@@ -151,9 +181,7 @@ async def get_recording(request: web.Request) -> web.Response:
     rid = _recording_id(request)
     keys = request.app[keys_key]
     async with request.app[db_key].acquire() as conn, conn.transaction():
-        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
-        if rec is None:
-            raise NotFound("no such recording")
+        rec = await _visible(conn, token, rid)
         await audit.record(
             conn,
             tenant=token.tenant,
@@ -200,26 +228,30 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     token = await authenticate(request, "recordings:listen")
     rid = _recording_id(request)
     async with request.app[db_key].acquire() as conn:
-        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
-        if rec is None:
-            raise NotFound("no such recording")
-        if rec.state != "stored" or not rec.wrapped_key or not rec.object_key:
+        rec = await _visible(conn, token, rid)
+        if (
+            rec.wrapped_key is None
+            or rec.object_key is None
+            or rec.size_bytes is None
+            or rec.format is None
+        ):
             raise NotFound("this recording's audio no longer exists", code="audio_destroyed")
+        size, wrapped_key, object_key = rec.size_bytes, rec.wrapped_key, rec.object_key
         try:
-            span = parse_range(request.headers.get("Range"), rec.size_bytes)
+            span = parse_range(request.headers.get("Range"), size)
         except RangeNotSatisfiable:
             resp = web.json_response(
                 {
                     "error": {
                         "code": "range_not_satisfiable",
-                        "message": f"the recording has {rec.size_bytes} bytes",
+                        "message": f"the recording has {size} bytes",
                     }
                 },
                 status=416,
             )
-            resp.headers["Content-Range"] = f"bytes */{rec.size_bytes}"
+            resp.headers["Content-Range"] = f"bytes */{size}"
             return resp
-        start, end = span if span else (0, rec.size_bytes - 1)
+        start, end = span if span else (0, size - 1)
         # The listen is on the record before a single byte leaves.
         async with conn.transaction():
             await audit.record(
@@ -233,28 +265,20 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
 
     kek = await request.app[keys_key].kek(rec.tenant)
     handle = await asyncio.to_thread(
-        envelope.unwrap_key, rec.wrapped_key, kek, tenant=rec.tenant, recording_id=str(rec.id)
+        envelope.unwrap_key, wrapped_key, kek, tenant=rec.tenant, recording_id=str(rec.id)
     )
-    reader = await request.app[store_key].open_reader(rec.object_key, version_id=rec.object_version)
+    reader = await request.app[store_key].open_reader(object_key, version_id=rec.object_version)
     try:
         plain = await asyncio.to_thread(
             envelope.decrypt_stream, reader, handle, tenant=rec.tenant, recording_id=str(rec.id)
         )
         stream = web.StreamResponse(status=206 if span else 200)
-        stream.content_type = audio.content_type_for(
-            audio.AudioInfo(
-                format=rec.format,
-                codec=rec.codec,
-                duration_ms=rec.duration_ms,
-                channels=rec.channels,
-                sample_rate=rec.sample_rate,
-            )
-        )
+        stream.content_type = audio.content_type_for_format(rec.format)
         stream.content_length = end - start + 1
         stream.headers["Accept-Ranges"] = "bytes"
         stream.headers["Cache-Control"] = "no-store"
         if span:
-            stream.headers["Content-Range"] = f"bytes {start}-{end}/{rec.size_bytes}"
+            stream.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         await stream.prepare(request)
         # Tink's stream is sequential: skip to the start of the range by decrypting past it.
         skip = start
@@ -274,3 +298,73 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         return stream
     finally:
         await asyncio.to_thread(reader.close)
+
+
+async def _review_body(request: web.Request) -> str:
+    """The reviewer's reason: required, short, recorded in the audit entry."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("send a JSON body with a 'reason'", code="invalid_body") from None
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or not 3 <= len(reason.strip()) <= 500:
+        raise BadRequest("'reason' must be 3 to 500 characters", code="invalid_body")
+    return reason.strip()
+
+
+async def approve_quarantined(request: web.Request) -> web.Response:
+    """The privacy reviewer keeps a quarantined recording: it becomes stored with normal retention."""
+    token = await authenticate(request, "quarantine:review")
+    rid = _recording_id(request)
+    reason = await _review_body(request)
+    tenant = request.app[config_key].tenant(token.tenant)
+    assert tenant is not None
+    async with request.app[db_key].acquire() as conn, conn.transaction():
+        rec = await _visible(conn, token, rid)
+        if rec.state != "quarantined":
+            raise Conflict(f"the recording is {rec.state}, not quarantined")
+        retention = retention_for(request.app[config_key], tenant.name, rec.consent.get("purpose"))
+        policy = {**rec.policy, "decision": "store", "reviewed": {"by": actor(token), "decision": "approve"}}
+        await recordings.release_from_quarantine(
+            conn, tenant=token.tenant, recording_id=rid, expires_at=rec.stored_at + retention, policy=policy
+        )
+        await audit.record(
+            conn,
+            tenant=token.tenant,
+            actor=actor(token),
+            action=audit.AuditAction.RECORDING_APPROVED,
+            recording_id=rid,
+            details={"reason": reason, "expires_at": (rec.stored_at + retention).isoformat()},
+        )
+        rec = await _visible(conn, token, rid)
+    return web.json_response(recording_json(rec))
+
+
+async def reject_quarantined(request: web.Request) -> web.Response:
+    """The privacy reviewer refuses a quarantined recording: it is destroyed, a tombstone remains."""
+    token = await authenticate(request, "quarantine:review")
+    rid = _recording_id(request)
+    reason = await _review_body(request)
+    config = request.app[config_key]
+    async with request.app[db_key].acquire() as conn, conn.transaction():
+        rec = await _visible(conn, token, rid)
+        if rec.state != "quarantined":
+            raise Conflict(f"the recording is {rec.state}, not quarantined")
+        await audit.record(
+            conn,
+            tenant=token.tenant,
+            actor=actor(token),
+            action=audit.AuditAction.RECORDING_REJECTED,
+            recording_id=rid,
+            details={"reason": reason, "stage": "quarantine_review"},
+        )
+        await erasure.erase_in_transaction(
+            conn,
+            tenant=token.tenant,
+            recording_id=rid,
+            reason="quarantine_rejected",
+            actor=actor(token),
+            max_attempts=config.ingest.max_attempts,
+        )
+        rec = await _visible(conn, token, rid)
+    return web.json_response(recording_json(rec))

@@ -269,7 +269,7 @@ class LocalKeyProvider:
             or not isinstance(doc.get("tenants"), dict)
         ):
             raise KeyProviderError(
-                f"keyring {self._path}: expected {{\"version\": {KEYRING_VERSION}, \"tenants\": {{...}}}}"
+                f'keyring {self._path}: expected {{"version": {KEYRING_VERSION}, "tenants": {{...}}}}'
             )
         return self._identity(st), doc["tenants"]
 

@@ -180,3 +180,31 @@ async def retry_dead(conn: Conn, job_id: int, *, tenant: str | None = None) -> J
 async def counts(conn: Conn) -> dict[str, int]:
     rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
     return {r["state"]: int(r["n"]) for r in rows}
+
+
+async def defer(conn: Conn, job: Job, *, worker_id: str, until: datetime, note: str) -> bool:
+    """Put a job back to wait (e.g. for late consent events) without spending an attempt."""
+    status = await conn.execute(
+        """UPDATE jobs SET state = 'queued', attempts = attempts - 1, deferrals = deferrals + 1,
+                  run_at = $3, lease_until = NULL, last_error = $4, updated_at = now()
+           WHERE id = $1 AND locked_by = $2 AND state = 'running'""",
+        job.id,
+        worker_id,
+        until,
+        note,
+    )
+    return status.endswith(" 1")
+
+
+async def wake_for_call(conn: Conn, *, tenant: str, call_id: str) -> int:
+    """Make the queued jobs of a call due now (they may be waiting for late consent events)."""
+    status = await conn.execute(
+        """UPDATE jobs SET run_at = now(), updated_at = now()
+           WHERE tenant = $1 AND state = 'queued' AND payload->>'call_id' = $2 AND run_at > now()""",
+        tenant,
+        call_id,
+    )
+    woken = int(status.split()[-1])
+    if woken:
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return woken

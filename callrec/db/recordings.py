@@ -24,13 +24,13 @@ class Recording:
     started_at: datetime | None
     stored_at: datetime
     expires_at: datetime
-    duration_ms: int
-    channels: int
-    sample_rate: int
-    format: str
-    codec: str
-    size_bytes: int
-    sha256: str
+    duration_ms: int | None
+    channels: int | None
+    sample_rate: int | None
+    format: str | None
+    codec: str | None
+    size_bytes: int | None
+    sha256: str | None
     object_key: str | None
     object_version: str | None
     ciphertext_bytes: int | None
@@ -45,9 +45,14 @@ class Recording:
     tags: dict[str, Any] = field(default_factory=dict)
     agent: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    jurisdiction: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    redactions: list[dict[str, int]] = field(default_factory=list)
+    destroyed_at: datetime | None = None
+    destroy_reason: str | None = None
 
 
-_JSON_FIELDS = ("announcement", "consent", "tags", "source")
+_JSON_FIELDS = ("announcement", "consent", "tags", "source", "jurisdiction", "policy", "redactions")
 _FIELDS = tuple(Recording.__dataclass_fields__)
 _COLUMNS = ", ".join(_FIELDS)
 
@@ -104,7 +109,7 @@ class RecordingFilter:
     stored_to: datetime | None = None
     phone_hash: bytes | None = None
     agent: str | None = None
-    state: str | None = None
+    states: tuple[str, ...] = ("stored",)
 
 
 async def page(
@@ -124,7 +129,7 @@ async def page(
               AND ($4::timestamptz IS NULL OR stored_at < $4)
               AND ($5::bytea IS NULL OR from_hash = $5 OR to_hash = $5)
               AND ($6::text IS NULL OR agent = $6)
-              AND ($7::text IS NULL OR state = $7)
+              AND state = ANY($7::text[])
               AND ($8::timestamptz IS NULL OR (stored_at, id) < ($8, $9::uuid))
             ORDER BY stored_at DESC, id DESC
             LIMIT $10""",
@@ -134,9 +139,58 @@ async def page(
         filters.stored_to,
         filters.phone_hash,
         filters.agent,
-        filters.state,
+        list(filters.states),
         after[0] if after else None,
         after[1] if after else None,
         limit,
+    )
+    return [_recording(r) for r in rows]
+
+
+# Everything that could identify a person or decrypt the audio; a tombstone keeps none of it.
+_ERASED = """object_key = NULL, object_version = NULL, ciphertext_bytes = NULL, wrapped_key = NULL,
+             from_sealed = NULL, to_sealed = NULL, from_hash = NULL, to_hash = NULL"""
+
+
+async def destroy(conn: Conn, *, tenant: str, recording_id: uuid.UUID, reason: str) -> Recording | None:
+    """Turn a recording into a tombstone, returning the row as it was (so the caller can delete the
+    object versions it named). None if it is not there or already a tombstone."""
+    before = await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM recordings
+            WHERE tenant = $1 AND id = $2 AND state IN ('stored', 'quarantined') FOR UPDATE""",
+        tenant,
+        recording_id,
+    )
+    if before is None:
+        return None
+    await conn.execute(
+        f"""UPDATE recordings SET state = 'destroyed', destroyed_at = now(), destroy_reason = $3, {_ERASED}
+            WHERE tenant = $1 AND id = $2""",
+        tenant,
+        recording_id,
+        reason,
+    )
+    return _recording(before)
+
+
+async def release_from_quarantine(
+    conn: Conn, *, tenant: str, recording_id: uuid.UUID, expires_at: datetime, policy: dict[str, Any]
+) -> bool:
+    status = await conn.execute(
+        """UPDATE recordings SET state = 'stored', expires_at = $3, policy = $4
+           WHERE tenant = $1 AND id = $2 AND state = 'quarantined'""",
+        tenant,
+        recording_id,
+        expires_at,
+        json.dumps(policy),
+    )
+    return status.endswith(" 1")
+
+
+async def for_call(conn: Conn, *, tenant: str, call_id: str) -> list[Recording]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM recordings WHERE tenant = $1 AND call_id = $2 ORDER BY stored_at",
+        tenant,
+        call_id,
     )
     return [_recording(r) for r in rows]

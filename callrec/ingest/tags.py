@@ -8,18 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from callrec.consent.policy import LAWFUL_BASES  # GDPR Art. 6(1)(a)-(f)
 from callrec.errors import BadRequest
 
 CONSENT_STATUSES = ("granted", "declined", "implied", "unknown")
-# GDPR Art. 6(1)(a)-(f).
-LAWFUL_BASES = (
-    "consent",
-    "contract",
-    "legal_obligation",
-    "vital_interests",
-    "public_task",
-    "legitimate_interests",
-)
+
 TAG_NAMES = ("announcement", "announcement_version", "language", "consent", "basis", "purpose", "agent")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")

@@ -22,10 +22,12 @@ import phonenumbers
 from aiohttp import web
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from callrec import erasure
 from callrec.appkeys import config_key, db_key, keys_key, store_key
 from callrec.config import Config, TenantConfig
+from callrec.consent.jurisdiction import classify, load_consent_laws, locate
 from callrec.crypto import envelope
-from callrec.db import audit, events, jobs
+from callrec.db import audit, events, jobs, recordings
 from callrec.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from callrec.ingest.media import check_media_url
 from callrec.ingest.tags import TAG_NAMES, parse_tags
@@ -122,6 +124,7 @@ async def twilio_recording(request: web.Request) -> web.Response:
         "recording_id": str(uuid.uuid4()),
         "account_sid": fields["AccountSid"],
         "call_sid": fields["CallSid"],
+        "call_id": fields["CallSid"],
         "recording_sid": fields["RecordingSid"],
         "recording_url": fields["RecordingUrl"],
         "duration_s": fields.get("RecordingDuration", ""),
@@ -225,7 +228,32 @@ class _UploadParts:
                 self._current = None
 
 
-_UPLOAD_KEYS = {"call_id", "recording_id", "started_at", "from", "to", "direction", *TAG_NAMES}
+_UPLOAD_KEYS = {"call_id", "recording_id", "started_at", "from", "to", "direction", "redact", *TAG_NAMES}
+MAX_REDACT_SPANS = 100
+
+
+def _parse_redact(value: object) -> list[dict[str, int]]:
+    """``redact: [{start_ms, end_ms}, ...]``: spans to silence before anything is stored (PCI)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_REDACT_SPANS:
+        raise BadRequest(
+            f"metadata.redact must be a list of at most {MAX_REDACT_SPANS} spans", code="invalid_metadata"
+        )
+    spans = []
+    for span in value:
+        if (
+            not isinstance(span, dict)
+            or set(span) != {"start_ms", "end_ms"}
+            or not all(isinstance(span[k], int) and not isinstance(span[k], bool) for k in span)
+            or not 0 <= span["start_ms"] < span["end_ms"]
+        ):
+            raise BadRequest(
+                'each metadata.redact span is {"start_ms": n, "end_ms": m} with 0 <= n < m',
+                code="invalid_metadata",
+            )
+        spans.append({"start_ms": span["start_ms"], "end_ms": span["end_ms"]})
+    return spans
 
 
 def normalise_e164(value: object, *, field: str) -> str:
@@ -268,6 +296,7 @@ def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
             raise BadRequest("metadata.started_at must carry a UTC offset", code="invalid_metadata")
     if meta.get("direction") not in (None, "inbound", "outbound"):
         raise BadRequest("metadata.direction must be inbound or outbound", code="invalid_metadata")
+    meta["redact"] = _parse_redact(meta.get("redact"))
     return meta
 
 
@@ -352,6 +381,13 @@ async def pbx_upload(request: web.Request) -> web.Response:
         "sha256": parts.audio_hash.hexdigest(),
         "size_bytes": parts.audio_size,
         "tags": tags.as_payload(),
+        "redact": meta["redact"],
+        # Countries and regions only: the numbers themselves stay sealed.
+        "jurisdiction": classify(
+            locate(phones.get("from")),
+            locate(phones.get("to")),
+            load_consent_laws(tenant.policy.consent_laws),
+        ).as_json(),
         **stored,
     }
     try:
@@ -418,3 +454,130 @@ async def seal_and_store(
         "ciphertext_bytes": ciphertext_bytes,
         "wrapped_key": base64.b64encode(wrapped).decode(),
     }
+
+
+# --- call events --------------------------------------------------------------------------
+
+MAX_EVENT_BYTES = 64 * 1024
+_EVENT_KEYS = {
+    "event",
+    "call_id",
+    "at",
+    "method",
+    "basis",
+    "purpose",
+    "announcement",
+    "version",
+    "language",
+    "cut_by_provider",
+}
+
+
+def verify_callrec_signature(header: str, body: bytes, secret: str) -> None:
+    """``Callrec-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`` (several v1 allowed,
+    so a secret can be rotated); raises Forbidden when missing, stale or wrong."""
+    timestamp, signatures = _parse_signature_header(header)
+    check_signature_time(timestamp)
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    if not any(hmac.compare_digest(expected, sig) for sig in signatures):
+        raise Forbidden("the Callrec-Signature does not match the body", code="invalid_signature")
+
+
+def parse_call_event(body: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON", code="invalid_event") from None
+    if not isinstance(event, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_event")
+    unknown = sorted(set(event) - _EVENT_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown event keys: {', '.join(unknown)}", code="invalid_event")
+    if event.get("event") not in events.CALL_EVENT_KINDS:
+        raise BadRequest(f"event must be one of {', '.join(events.CALL_EVENT_KINDS)}", code="invalid_event")
+    if not isinstance(event.get("call_id"), str) or not _ID.match(event["call_id"]):
+        raise BadRequest("call_id is required: 1-128 letters, digits or . _ : @ -", code="invalid_event")
+    try:
+        at = datetime.fromisoformat(str(event.get("at")))
+    except ValueError:
+        raise BadRequest("at must be an ISO 8601 time with a UTC offset", code="invalid_event") from None
+    if at.tzinfo is None:
+        raise BadRequest("at must carry a UTC offset", code="invalid_event")
+    if event.get("method") not in (None, "ivr_keypress", "verbal", "continued_after_notice", "none"):
+        raise BadRequest(
+            "method must be ivr_keypress, verbal, continued_after_notice or none", code="invalid_event"
+        )
+    if event.get("cut_by_provider") not in (None, True, False):
+        raise BadRequest("cut_by_provider must be true or false", code="invalid_event")
+    tags = parse_tags(
+        {
+            "basis": event.get("basis"),
+            "purpose": event.get("purpose"),
+            "announcement": event.get("announcement"),
+            "announcement_version": event.get("version"),
+            "language": event.get("language"),
+        }
+    )
+    details: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "method": event.get("method"),
+            "basis": tags.consent.get("basis"),
+            "purpose": tags.consent.get("purpose"),
+            "id": tags.announcement.get("id"),
+            "version": tags.announcement.get("version"),
+            "language": tags.announcement.get("language"),
+            "cut_by_provider": event.get("cut_by_provider"),
+        }.items()
+        if v is not None
+    }
+    return {"kind": event["event"], "call_id": event["call_id"], "at": at, "details": details}
+
+
+async def call_event(request: web.Request) -> web.Response:
+    config = request.app[config_key]
+    tenant = tenant_of(request)
+    if not tenant.webhook_secret:
+        raise Forbidden("no webhook secret is configured for this tenant", code="provider_not_configured")
+    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
+        raise PayloadTooLarge("call events are limited to 64 KiB")
+    body = await request.content.read(MAX_EVENT_BYTES + 1)
+    if len(body) > MAX_EVENT_BYTES:
+        raise PayloadTooLarge("call events are limited to 64 KiB")
+    verify_callrec_signature(request.headers.get("Callrec-Signature", ""), body, tenant.webhook_secret)
+    event = parse_call_event(body)
+
+    erased: list[str] = []
+    async with request.app[db_key].acquire() as conn, conn.transaction():
+        stored = await events.add_call_event(
+            conn,
+            tenant=tenant.name,
+            call_id=event["call_id"],
+            kind=event["kind"],
+            at=event["at"],
+            details=event["details"],
+        )
+        if stored is None:
+            return web.json_response({"status": "duplicate"}, status=200)
+        await audit.record(
+            conn,
+            tenant=tenant.name,
+            actor="telephony",
+            action=audit.AuditAction.CALL_EVENT,
+            details={"event": event["kind"], "call_id": event["call_id"], "at": event["at"].isoformat()},
+        )
+        if event["kind"] in ("consent_withdrawn", "consent_declined"):
+            # GDPR Art. 7(3) / 17(1)(b): once consent is withdrawn the call's recordings go.
+            for rec in await recordings.for_call(conn, tenant=tenant.name, call_id=event["call_id"]):
+                if await erasure.erase_in_transaction(
+                    conn,
+                    tenant=tenant.name,
+                    recording_id=rec.id,
+                    reason=event["kind"],
+                    actor="telephony",
+                    max_attempts=config.ingest.max_attempts,
+                ):
+                    erased.append(str(rec.id))
+        # A recording waiting for late consent events is decided now instead of at the end of its wait.
+        await jobs.wake_for_call(conn, tenant=tenant.name, call_id=event["call_id"])
+    return web.json_response({"status": "recorded", "erased": erased}, status=202)

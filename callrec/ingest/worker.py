@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -22,7 +23,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,16 @@ import asyncpg
 import phonenumbers
 from aiohttp import web
 
-from callrec import audio
+from callrec import audio, erasure
 from callrec.appkeys import config_key, db_key, keys_key, store_key
 from callrec.config import TenantConfig
+from callrec.consent.announcement import Prompt, verify_announcement
+from callrec.consent.evidence import Evidence, gather
+from callrec.consent.jurisdiction import ConsentLaws, Jurisdiction, classify, load_consent_laws, locate
+from callrec.consent.policy import Decision, PolicyInput, Reason, decide
+from callrec.consent.redaction import RedactionError, Span, merge, redact_file, spans_from_events
 from callrec.crypto import envelope
-from callrec.db import audit, jobs, recordings
+from callrec.db import Conn, announcements, audit, events, jobs, recordings
 from callrec.errors import CallrecError
 from callrec.ingest.media import MediaError, check_media_url, download
 from callrec.ingest.tags import Tags
@@ -71,11 +78,14 @@ class Worker:
         self.http = http
         self.id = _worker_id()
         self._wake = asyncio.Event()
-        self._handlers: dict[str, Callable[[jobs.Job, TenantConfig], Awaitable[dict[str, Any]]]] = {
+        self._handlers: dict[str, Callable[[jobs.Job, TenantConfig], Awaitable[None]]] = {
             INGEST_TWILIO: self._ingest_twilio,
             INGEST_UPLOAD: self._ingest_upload,
             DELETE_PROVIDER_COPY: self._delete_provider_copy,
+            erasure.DELETE_OBJECT: self._delete_object,
         }
+        self._laws: dict[str, ConsentLaws] = {}
+        self._prompts: dict[tuple[str, str, str], Prompt | None] = {}
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -176,9 +186,9 @@ class Worker:
         log.info("job %s -> %s: %s", job.id, state, error)
         return "dead" if state == "dead" else "retry"
 
-    # --- handlers -------------------------------------------------------------------------
+    # --- ingest: provider-specific front ends ------------------------------------------------
 
-    async def _ingest_twilio(self, job: jobs.Job, tenant: TenantConfig) -> dict[str, Any]:
+    async def _ingest_twilio(self, job: jobs.Job, tenant: TenantConfig) -> None:
         p = job.payload
         recording_url = check_media_url(p["recording_url"], self.config.ingest.media_hosts)
         auth = _twilio_auth(tenant)
@@ -188,19 +198,34 @@ class Worker:
         call = await self._get_json(
             twilio.call_url(recording_url, p["account_sid"], p["call_sid"]), auth, timeout
         )
-
         rid = p["recording_id"]
         keys = self.app[keys_key]
         sealed: dict[str, bytes] = {}
         hashes: dict[str, bytes] = {}
+        numbers: dict[str, str | None] = {}
         async with self.pool.acquire() as conn:
             for role in ("from", "to"):
                 value = call.get(role)
+                numbers[role] = _e164_or_none(value) if isinstance(value, str) else None
                 if isinstance(value, str) and value:
                     sealed[role] = await keys.seal_phone(tenant.name, rid, role, value)
-                    e164 = _e164_or_none(value)
-                    if e164:
-                        hashes[role] = await keys.phone_hash(conn, tenant.name, e164)
+                    if numbers[role]:
+                        hashes[role] = await keys.phone_hash(conn, tenant.name, numbers[role] or "")
+        intake = Intake(
+            job=job,
+            tenant=tenant,
+            provider="twilio",
+            call_id=p["call_sid"],
+            provider_recording_id=p["recording_sid"],
+            started_at=_twilio_time(p.get("start_time")) or _twilio_time(call.get("start_time")),
+            direction=call.get("direction"),
+            sealed=sealed,
+            hashes=hashes,
+            jurisdiction=self._jurisdiction(tenant, numbers.get("from"), numbers.get("to")),
+            source={"recording_source": p.get("source"), "track": p.get("track")},
+        )
+        if not await self._decide_early(intake):
+            return
         media = await download(
             self.http,
             recording_url,
@@ -210,36 +235,31 @@ class Worker:
             directory=spool_dir(self.config),
         )
         try:
-            info = await asyncio.to_thread(audio.probe_file, media.path)
-            stored = await seal_and_store(
-                self.app, tenant=tenant.name, recording_id=p["recording_id"], source=media.path
+            await self._decide_and_store(
+                intake, media.path, sha256=media.sha256, size=media.size, original=None
             )
         finally:
             media.path.unlink(missing_ok=True)
 
-        started = _twilio_time(call.get("start_time")) or _twilio_time(p.get("start_time"))
-        rec = self._recording(
-            job,
-            tenant,
-            info=info,
-            stored=stored,
-            provider="twilio",
-            call_id=p["call_sid"],
-            provider_recording_id=p["recording_sid"],
-            started_at=started,
-            sha256=media.sha256,
-            size_bytes=media.size,
-            direction=call.get("direction"),
-            sealed=sealed,
-            hashes=hashes,
-            source={"recording_source": p.get("source"), "track": p.get("track")},
-        )
-        await self._commit(job, tenant, rec, stored["object_key"])
-        return {"recording_id": rid}
-
-    async def _ingest_upload(self, job: jobs.Job, tenant: TenantConfig) -> dict[str, Any]:
+    async def _ingest_upload(self, job: jobs.Job, tenant: TenantConfig) -> None:
         p = job.payload
         rid = p["recording_id"]
+        intake = Intake(
+            job=job,
+            tenant=tenant,
+            provider="upload",
+            call_id=p["call_id"],
+            provider_recording_id=p["provider_recording_id"],
+            started_at=datetime.fromisoformat(p["started_at"]) if p.get("started_at") else None,
+            direction=p.get("direction"),
+            sealed={k: base64.b64decode(v) for k, v in p["sealed_phones"].items()},
+            hashes={k: base64.b64decode(v) for k, v in p["phone_hashes"].items()},
+            jurisdiction=Jurisdiction.from_json(p.get("jurisdiction") or {}),
+            source={},
+            explicit_spans=[Span(s["start_ms"], s["end_ms"]) for s in p.get("redact") or []],
+        )
+        if not await self._decide_early(intake):
+            return
         store = self.app[store_key]
         kek = await self.app[keys_key].kek(tenant.name)
         handle = await asyncio.to_thread(
@@ -249,8 +269,6 @@ class Worker:
         with tempfile.NamedTemporaryFile(dir=spool_dir(self.config), prefix="check-", delete=True) as plain:
 
             def decrypt() -> str:
-                import hashlib
-
                 digest = hashlib.sha256()
                 try:
                     stream = envelope.decrypt_stream(reader, handle, tenant=tenant.name, recording_id=rid)
@@ -265,36 +283,263 @@ class Worker:
             digest = await asyncio.to_thread(decrypt)
             if digest != p["sha256"]:
                 raise PermanentError("the stored upload does not match the SHA-256 taken at receipt")
-            info = await asyncio.to_thread(audio.probe_file, Path(plain.name))
-        rec = self._recording(
-            job,
-            tenant,
-            info=info,
-            stored=p,
-            provider="upload",
-            call_id=p["call_id"],
-            provider_recording_id=p["provider_recording_id"],
-            started_at=datetime.fromisoformat(p["started_at"]) if p.get("started_at") else None,
-            sha256=p["sha256"],
-            size_bytes=p["size_bytes"],
-            direction=p.get("direction"),
-            sealed={k: base64.b64decode(v) for k, v in p["sealed_phones"].items()},
-            hashes={k: base64.b64decode(v) for k, v in p["phone_hashes"].items()},
-            source={},
-        )
-        await self._commit(job, tenant, rec, None)
-        return {"recording_id": rid}
+            await self._decide_and_store(
+                intake, Path(plain.name), sha256=p["sha256"], size=p["size_bytes"], original=p
+            )
 
-    async def _delete_provider_copy(self, job: jobs.Job, tenant: TenantConfig) -> dict[str, Any]:
+    # --- the decision -----------------------------------------------------------------------
+
+    def _jurisdiction(self, tenant: TenantConfig, caller: str | None, callee: str | None) -> Jurisdiction:
+        laws = self._laws.get(tenant.name)
+        if laws is None:
+            laws = self._laws[tenant.name] = load_consent_laws(tenant.policy.consent_laws)
+        return classify(locate(caller), locate(callee), laws)
+
+    def _grace_expired(self, intake: Intake) -> bool:
+        grace: timedelta = intake.tenant.policy.grace_period
+        return datetime.now(UTC) >= intake.job.created_at + grace
+
+    async def _evidence(self, intake: Intake) -> Evidence:
+        tags = Tags.from_payload(intake.job.payload.get("tags") or {})
+        async with self.pool.acquire() as conn:
+            found = await events.call_events(conn, tenant=intake.tenant.name, call_id=intake.call_id)
+        return gather(tags.consent, tags.announcement, found)
+
+    def _decide(self, intake: Intake, evidence: Evidence, *, verified: bool | None) -> Decision:
+        return decide(
+            PolicyInput(
+                consent_status=evidence.consent_status,
+                consent_method=evidence.consent["method"],
+                basis=evidence.consent.get("basis"),
+                purpose=evidence.consent.get("purpose"),
+                announcement_claimed=bool(evidence.announcement["played"]),
+                announcement_verified=verified,
+                jurisdiction=intake.jurisdiction,
+                opted_out_during_call=evidence.opted_out_during_call,
+                grace_expired=self._grace_expired(intake),
+            ),
+            intake.tenant.policy,
+            tenant_retention=intake.tenant.retention,
+        )
+
+    async def _decide_early(self, intake: Intake) -> bool:
+        """Before touching the audio: refuse what consent already rules out, and wait for late
+        consent events while the grace period runs. True when the audio should be processed."""
+        evidence = await self._evidence(intake)
+        decision = self._decide(intake, evidence, verified=None)
+        if decision.decision == "reject":
+            await self._reject(intake, evidence, decision, info=None)
+            return False
+        if decision.decision == "wait":
+            until = intake.job.created_at + intake.tenant.policy.grace_period
+            async with self.pool.acquire() as conn:
+                await jobs.defer(
+                    conn,
+                    intake.job,
+                    worker_id=self.id,
+                    until=until,
+                    note="waiting for consent events until the grace period ends",
+                )
+            log.info("job %s: consent unknown; waiting until %s", intake.job.id, until.isoformat())
+            return False
+        return True
+
+    async def _decide_and_store(
+        self, intake: Intake, plain: Path, *, sha256: str, size: int, original: dict[str, Any] | None
+    ) -> None:
+        """Check the audio, verify the announcement, decide, redact, encrypt, store, commit."""
+        info = await asyncio.to_thread(audio.probe_file, plain)
+        evidence = await self._evidence(intake)  # events may have arrived during the download
+        announcement = dict(evidence.announcement)
+        if announcement["played"] and announcement.get("id"):
+            prompt = await self._prompt(intake.tenant, announcement["id"], announcement.get("version"))
+            if prompt is not None:
+                check = await asyncio.to_thread(verify_announcement, plain, prompt)
+                announcement.update(
+                    verified=check.verified, offset_ms=check.offset_ms, score=round(check.score, 4)
+                )
+        decision = self._decide(intake, evidence, verified=announcement["verified"])
+        if decision.decision == "wait":  # only when the grace period has not run out: look again then
+            await self._decide_early(intake)
+            return
+        try:
+            spans = merge(
+                spans_from_events(evidence.pauses, started_at=intake.started_at, duration_ms=info.duration_ms)
+                + intake.explicit_spans
+            )
+        except RedactionError as exc:
+            # Storing card data we were told to cut is worse than losing the recording (PCI DSS 3.3.1).
+            decision = decision.rejected(Reason("redaction_unplaceable", "pci_redaction", str(exc)))
+            spans = []
+        if decision.decision == "reject":
+            await self._reject(intake, evidence, decision, info=info, announcement=announcement)
+            return
+
+        with tempfile.TemporaryDirectory(dir=spool_dir(self.config), prefix="redact-") as work:
+            source = plain
+            if spans:
+                source = Path(work) / "redacted.wav"
+                await asyncio.to_thread(redact_file, plain, source, spans, container=info.format)
+                info = await asyncio.to_thread(audio.probe_file, source)
+                sha256, size = await asyncio.to_thread(_digest, source)
+            if original is not None and not spans:
+                stored = {
+                    k: original[k]
+                    for k in ("object_key", "object_version", "ciphertext_bytes", "wrapped_key")
+                }
+                discard = None
+            else:
+                stored = await seal_and_store(
+                    self.app,
+                    tenant=intake.tenant.name,
+                    recording_id=intake.job.payload["recording_id"],
+                    source=source,
+                )
+                discard = stored["object_key"]
+        now = datetime.now(UTC)
+        rec = self._recording(
+            intake,
+            info=info,
+            stored=stored,
+            sha256=sha256,
+            size=size,
+            state="quarantined" if decision.decision == "quarantine" else "stored",
+            stored_at=now,
+            expires_at=now + (decision.retention or intake.tenant.retention),
+            announcement=announcement,
+            evidence=evidence,
+            decision=decision,
+            spans=spans,
+        )
+        superseded = original["object_key"] if original is not None and spans else None
+        await self._commit(intake, rec, discard_on_failure=discard, superseded_object=superseded)
+
+    async def _prompt(self, tenant: TenantConfig, announcement_id: str, version: str | None) -> Prompt | None:
+        """The registered prompt audio for a claimed announcement (config file first, then the CLI's)."""
+        key = (tenant.name, announcement_id, version or "")
+        if key in self._prompts:
+            return self._prompts[key]
+        prompt: Prompt | None = None
+        configured = tenant.announcements.get(announcement_id)
+        if configured is not None and (version is None or version == configured.version):
+            prompt = await asyncio.to_thread(Prompt.from_file, configured.audio)
+        else:
+            async with self.pool.acquire() as conn:
+                found = await announcements.get_audio(
+                    conn, tenant=tenant.name, announcement_id=announcement_id, version=version
+                )
+            if found is not None:
+                with tempfile.NamedTemporaryFile(dir=spool_dir(self.config), suffix=".wav") as f:
+                    f.write(found[1])
+                    f.flush()
+                    prompt = await asyncio.to_thread(Prompt.from_file, Path(f.name))
+        self._prompts[key] = prompt
+        return prompt
+
+    async def _reject(
+        self,
+        intake: Intake,
+        evidence: Evidence,
+        decision: Decision,
+        *,
+        info: audio.AudioInfo | None,
+        announcement: dict[str, Any] | None = None,
+    ) -> None:
+        """Nothing is stored: a tombstone and an audit entry say it happened and why, and the
+        provider's copy (or the upload's ciphertext) is deleted."""
+        p = intake.job.payload
+        rid = uuid.UUID(p["recording_id"])
+        now = datetime.now(UTC)
+        tombstone = recordings.Recording(
+            id=rid,
+            tenant=intake.tenant.name,
+            provider=intake.provider,
+            call_id=intake.call_id,
+            provider_recording_id=intake.provider_recording_id,
+            state="rejected",
+            started_at=intake.started_at,
+            stored_at=now,
+            expires_at=now,
+            duration_ms=info.duration_ms if info else None,
+            channels=info.channels if info else None,
+            sample_rate=info.sample_rate if info else None,
+            format=info.format if info else None,
+            codec=info.codec if info else None,
+            size_bytes=None,
+            sha256=None,
+            object_key=None,
+            object_version=None,
+            ciphertext_bytes=None,
+            wrapped_key=None,
+            direction=_direction(intake.direction),
+            from_sealed=None,
+            to_sealed=None,
+            from_hash=None,
+            to_hash=None,
+            announcement=announcement or evidence.announcement,
+            consent=evidence.consent,
+            agent=Tags.from_payload(p.get("tags") or {}).agent,
+            jurisdiction=intake.jurisdiction.as_json(),
+            policy=decision.as_json(),
+            destroyed_at=now,
+            destroy_reason="policy_reject",
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await jobs.complete(conn, intake.job.id, worker_id=self.id, result={"decision": "reject"}):
+                raise LeaseLost
+            if not await recordings.insert(conn, tombstone):
+                return
+            await audit.record(
+                conn,
+                tenant=intake.tenant.name,
+                actor=WORKER_ACTOR,
+                action=audit.AuditAction.RECORDING_REJECTED,
+                recording_id=rid,
+                details={
+                    "provider": intake.provider,
+                    "call_id": intake.call_id,
+                    "provider_recording_id": intake.provider_recording_id,
+                    "reasons": [r.code for r in decision.reasons],
+                    "policy_version": decision.policy_version,
+                    "job_id": intake.job.id,
+                },
+            )
+            if intake.provider == "twilio":
+                await self._queue_provider_copy_deletion(conn, intake)
+            elif p.get("object_key"):
+                await jobs.enqueue(
+                    conn,
+                    tenant=intake.tenant.name,
+                    kind=erasure.DELETE_OBJECT,
+                    dedupe_key=p["object_key"],
+                    payload={"object_key": p["object_key"], "recording_id": str(rid)},
+                    max_attempts=self.config.ingest.max_attempts,
+                )
+
+    async def _queue_provider_copy_deletion(self, conn: Conn, intake: Intake) -> None:
+        await jobs.enqueue(
+            conn,
+            tenant=intake.tenant.name,
+            kind=DELETE_PROVIDER_COPY,
+            dedupe_key=intake.provider_recording_id,
+            payload={
+                k: intake.job.payload[k]
+                for k in ("recording_id", "account_sid", "recording_sid", "recording_url")
+            },
+            max_attempts=self.config.ingest.max_attempts,
+        )
+
+    # --- follow-up jobs ---------------------------------------------------------------------
+
+    async def _delete_provider_copy(self, job: jobs.Job, tenant: TenantConfig) -> None:
         p = job.payload
         url = twilio.recording_resource_url(
             check_media_url(p["recording_url"], self.config.ingest.media_hosts),
             p["account_sid"],
             p["recording_sid"],
         )
-        auth = _twilio_auth(tenant)
         async with self.http.delete(
-            url, headers=auth, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
+            url, headers=_twilio_auth(tenant), timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
         ) as resp:
             if resp.status not in (200, 204, 404):
                 raise MediaError(f"deleting the provider's copy failed with HTTP {resp.status}")
@@ -314,7 +559,21 @@ class Worker:
                     "already_gone": gone_already,
                 },
             )
-        return {}
+
+    async def _delete_object(self, job: jobs.Job, tenant: TenantConfig) -> None:
+        """Every version of an erased or superseded object (a delete marker is not deletion)."""
+        removed = await self.app[store_key].delete_all_versions(job.payload["object_key"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await jobs.complete(conn, job.id, worker_id=self.id, result={"versions": removed}):
+                raise LeaseLost
+            await audit.record(
+                conn,
+                tenant=tenant.name,
+                actor=WORKER_ACTOR,
+                action=audit.AuditAction.OBJECT_DELETED,
+                recording_id=_uuid_or_none(job.payload.get("recording_id")),
+                details={"versions": removed},
+            )
 
     # --- shared steps ---------------------------------------------------------------------
 
@@ -332,63 +591,67 @@ class Worker:
 
     def _recording(
         self,
-        job: jobs.Job,
-        tenant: TenantConfig,
+        intake: Intake,
         *,
         info: audio.AudioInfo,
         stored: dict[str, Any],
-        provider: str,
-        call_id: str,
-        provider_recording_id: str,
-        started_at: datetime | None,
         sha256: str,
-        size_bytes: int,
-        direction: str | None,
-        sealed: dict[str, bytes],
-        hashes: dict[str, bytes],
-        source: dict[str, Any],
+        size: int,
+        state: str,
+        stored_at: datetime,
+        expires_at: datetime,
+        announcement: dict[str, Any],
+        evidence: Evidence,
+        decision: Decision,
+        spans: list[Span],
     ) -> recordings.Recording:
-        tags = Tags.from_payload(job.payload.get("tags") or {})
-        now = datetime.now(UTC)
+        tags = Tags.from_payload(intake.job.payload.get("tags") or {})
         return recordings.Recording(
-            id=uuid.UUID(job.payload["recording_id"]),
-            tenant=tenant.name,
-            provider=provider,
-            call_id=call_id,
-            provider_recording_id=provider_recording_id,
-            state="stored",
-            started_at=started_at,
-            stored_at=now,
-            expires_at=now + tenant.retention,
+            id=uuid.UUID(intake.job.payload["recording_id"]),
+            tenant=intake.tenant.name,
+            provider=intake.provider,
+            call_id=intake.call_id,
+            provider_recording_id=intake.provider_recording_id,
+            state=state,
+            started_at=intake.started_at,
+            stored_at=stored_at,
+            expires_at=expires_at,
             duration_ms=info.duration_ms,
             channels=info.channels,
             sample_rate=info.sample_rate,
             format=info.format,
             codec=info.codec,
-            size_bytes=size_bytes,
+            size_bytes=size,
             sha256=sha256,
             object_key=stored["object_key"],
             object_version=stored["object_version"],
             ciphertext_bytes=stored["ciphertext_bytes"],
             wrapped_key=base64.b64decode(stored["wrapped_key"]),
-            direction=direction
-            if direction in ("inbound", "outbound-api", "outbound-dial", "outbound")
-            else None,
-            from_sealed=sealed.get("from"),
-            to_sealed=sealed.get("to"),
-            from_hash=hashes.get("from"),
-            to_hash=hashes.get("to"),
-            announcement=tags.announcement,
-            consent=tags.consent,
+            direction=_direction(intake.direction),
+            from_sealed=intake.sealed.get("from"),
+            to_sealed=intake.sealed.get("to"),
+            from_hash=intake.hashes.get("from"),
+            to_hash=intake.hashes.get("to"),
+            announcement=announcement,
+            consent=evidence.consent,
             agent=tags.agent,
             tags={},
-            source={k: v for k, v in source.items() if v},
+            source={k: v for k, v in intake.source.items() if v},
+            jurisdiction=intake.jurisdiction.as_json(),
+            policy=decision.as_json(),
+            redactions=[s.as_json() for s in spans],
         )
 
     async def _commit(
-        self, job: jobs.Job, tenant: TenantConfig, rec: recordings.Recording, discard_on_failure: str | None
+        self,
+        intake: Intake,
+        rec: recordings.Recording,
+        *,
+        discard_on_failure: str | None,
+        superseded_object: str | None,
     ) -> None:
         """Row + audit entry + job completion (+ follow-up jobs) in one transaction."""
+        job, tenant = intake.job, intake.tenant
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await jobs.complete(
@@ -400,7 +663,9 @@ class Worker:
                         conn,
                         tenant=tenant.name,
                         actor=WORKER_ACTOR,
-                        action=audit.AuditAction.RECORDING_INGESTED,
+                        action=audit.AuditAction.RECORDING_QUARANTINED
+                        if rec.state == "quarantined"
+                        else audit.AuditAction.RECORDING_INGESTED,
                         recording_id=rec.id,
                         details={
                             "provider": rec.provider,
@@ -410,19 +675,21 @@ class Worker:
                             "size_bytes": rec.size_bytes,
                             "duration_ms": rec.duration_ms,
                             "expires_at": rec.expires_at.isoformat(),
+                            "decision": rec.policy.get("decision"),
+                            "reasons": [r["code"] for r in rec.policy.get("reasons", [])],
+                            "redacted_spans": len(rec.redactions),
                             "job_id": job.id,
                         },
                     )
                     if rec.provider == "twilio" and tenant.delete_provider_copy:
+                        await self._queue_provider_copy_deletion(conn, intake)
+                    if superseded_object:  # the upload's unredacted original
                         await jobs.enqueue(
                             conn,
                             tenant=tenant.name,
-                            kind=DELETE_PROVIDER_COPY,
-                            dedupe_key=rec.provider_recording_id,
-                            payload={
-                                k: job.payload[k]
-                                for k in ("recording_id", "account_sid", "recording_sid", "recording_url")
-                            },
+                            kind=erasure.DELETE_OBJECT,
+                            dedupe_key=superseded_object,
+                            payload={"object_key": superseded_object, "recording_id": str(rec.id)},
                             max_attempts=self.config.ingest.max_attempts,
                         )
         except BaseException:
@@ -430,7 +697,39 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await self.app[store_key].delete_all_versions(discard_on_failure)
             raise
-        self.app[metrics_key].ingested_bytes.inc(rec.size_bytes)
+        self.app[metrics_key].ingested_bytes.inc(rec.size_bytes or 0)
+
+
+@dataclass
+class Intake:
+    """A recording on its way in: what is known about it before its audio is decided on."""
+
+    job: jobs.Job
+    tenant: TenantConfig
+    provider: str
+    call_id: str
+    provider_recording_id: str
+    started_at: datetime | None
+    direction: str | None
+    sealed: dict[str, bytes]
+    hashes: dict[str, bytes]
+    jurisdiction: Jurisdiction
+    source: dict[str, Any]
+    explicit_spans: list[Span] = field(default_factory=list)
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _direction(value: str | None) -> str | None:
+    return value if value in ("inbound", "outbound-api", "outbound-dial", "outbound") else None
 
 
 def _twilio_auth(tenant: TenantConfig) -> dict[str, str]:

@@ -133,7 +133,7 @@ async def test_background_worker_picks_up_a_webhook_job_at_once(
         "RecordingUrl": fake_twilio.recording_url(sid),
         "RecordingStatus": "completed",
     }
-    path = "/webhooks/twilio/acme"
+    path = "/webhooks/twilio/acme?consent=granted&basis=contract"
     sig = RequestValidator("twilio-auth-token-for-tests").compute_signature(
         "https://callrec.example.test" + path, form
     )

@@ -30,7 +30,7 @@ def form_for(fake: Any, sid: str) -> dict[str, str]:
 
 
 async def post(client: Any, form: dict[str, str]) -> Any:
-    path = "/webhooks/twilio/acme"
+    path = "/webhooks/twilio/acme?consent=granted&basis=contract"
     sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
     return await client.post(path, data=form, headers={"X-Twilio-Signature": sig})
 

@@ -19,6 +19,7 @@ from callrec.db import audit, tokens
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
 PUBLIC_BASE = "https://callrec.example.test"
+CONSENTED = "consent=granted&basis=contract"
 
 
 def rec_sid() -> str:
@@ -57,6 +58,7 @@ async def post_signed(
     token: str = TWILIO_TOKEN,
     signature: str | None = None,
 ) -> Any:
+    query = query or CONSENTED  # plumbing tests: a call with consent and a lawful basis
     path = f"/webhooks/twilio/{tenant}" + (f"?{query}" if query else "")
     sig = RequestValidator(token).compute_signature(PUBLIC_BASE + path, form)
     headers = {"X-Twilio-Signature": sig if signature is None else signature}
@@ -114,8 +116,25 @@ async def test_completed_recording_is_stored_encrypted_and_readable(
     assert rec["size_bytes"] == len(original)
     assert rec["channels"] == 1 and rec["sample_rate"] == 8000 and rec["format"] == "wav"
     assert 10_000 < rec["duration_ms"] < 60_000
-    assert rec["announcement"] == {"id": "rec-notice", "version": "1", "language": "en-GB", "claimed": True}
-    assert rec["consent"] == {"status": "implied", "basis": "legitimate_interests", "purpose": "training"}
+    assert rec["announcement"] == {
+        "id": "rec-notice",
+        "version": "1",
+        "language": "en-GB",
+        "played": True,
+        "played_at": None,
+        "verified": True,
+        "offset_ms": rec["announcement"]["offset_ms"],
+        "score": rec["announcement"]["score"],
+    }
+    assert abs(rec["announcement"]["offset_ms"]) < 100 and rec["announcement"]["score"] > 0.5
+    assert rec["consent"] == {
+        "status": "implied",
+        "method": "continued_after_notice",
+        "at": None,
+        "basis": "legitimate_interests",
+        "purpose": "training",
+    }
+    assert rec["policy"]["decision"] == "store"
     assert rec["agent"] == "agent-7"
     stored_at = rec["stored_at"]
     from datetime import datetime, timedelta
@@ -130,8 +149,8 @@ async def test_completed_recording_is_stored_encrypted_and_readable(
     reader.close()
     assert original[1000:1064] not in stored
     assert b"RIFF" not in stored[:64]
-    assert b"+447700900123" not in bytes(row["from_sealed"])
-    assert "447700900123" not in row["object_key"] and sid not in row["object_key"]
+    assert b"+12125550123" not in bytes(row["from_sealed"])
+    assert "2125550123" not in row["object_key"] and sid not in row["object_key"]
 
     # Audio comes back bit-exact, whole and by range; the single GET shows masked parties.
     audio = await client.get(
@@ -161,7 +180,7 @@ async def test_completed_recording_is_stored_encrypted_and_readable(
     assert await tail.read() == original[-100:]
     one = await client.get(f"/api/v1/recordings/{rec['id']}", headers={"Authorization": f"Bearer {token}"})
     body = await one.json()
-    assert body["parties"] == {"from": "+44" + "•" * 8 + "23", "to": "+14" + "•" * 7 + "00"}
+    assert body["parties"] == {"from": "+12" + "•" * 7 + "23", "to": "+16" + "•" * 7 + "99"}
 
     # Every look is on the record, and the chain verifies.
     async with client.app[db_key].acquire() as conn:
@@ -171,35 +190,35 @@ async def test_completed_recording_is_stored_encrypted_and_readable(
     assert actions.count("recording:ingested") == 1
     assert actions.count("recording:played") == 3
     assert "recording:listed" in actions and "recording:viewed" in actions
-    assert "7700900123" not in details and "4155550100" not in details
+    assert "2125550123" not in details and "6465550199" not in details
     assert result.ok, result.problems
 
 
 async def test_phone_filter_finds_by_keyed_hash(client: Any, fake_twilio: Any, audio_fixtures: Path) -> None:
     data = (audio_fixtures / "call-without-announcement.wav").read_bytes()
-    for caller in ("+447700900123", "+447700900999"):
+    for caller in ("+12125550123", "+12125550999"):
         sid, csid = rec_sid(), call_sid()
         fake_twilio.media[sid] = data
-        fake_twilio.calls[csid] = {"from": caller, "to": "+14155550100", "direction": "inbound"}
+        fake_twilio.calls[csid] = {"from": caller, "to": "+16465550199", "direction": "inbound"}
         assert (await post_signed(client, callback(fake_twilio, sid, csid=csid))).status == 202
     assert await drain(client) == 2
     token = await api_token(client)
     auth = {"Authorization": f"Bearer {token}"}
     found = await (
-        await client.get("/api/v1/recordings", params={"phone": "+44 7700 900999"}, headers=auth)
+        await client.get("/api/v1/recordings", params={"phone": "+1 212-555-0999"}, headers=auth)
     ).json()
     assert len(found["items"]) == 1
     both = await (
-        await client.get("/api/v1/recordings", params={"phone": "+14155550100"}, headers=auth)
+        await client.get("/api/v1/recordings", params={"phone": "+16465550199"}, headers=auth)
     ).json()
     assert len(both["items"]) == 2
     none = await (
-        await client.get("/api/v1/recordings", params={"phone": "+447700900000"}, headers=auth)
+        await client.get("/api/v1/recordings", params={"phone": "+12125550000"}, headers=auth)
     ).json()
     assert none["items"] == []
     async with client.app[db_key].acquire() as conn:
         raw = await conn.fetchval("SELECT string_agg(t::text, ' ') FROM recordings t")
-    assert "7700900" not in raw
+    assert "5550" not in raw
 
 
 async def test_duplicate_callbacks_make_one_recording(

@@ -77,8 +77,8 @@ META = {
     "call_id": "pbx-call-1",
     "recording_id": "pbx-rec-1",
     "started_at": "2026-11-23T10:00:00+00:00",
-    "from": "+47 912 34 567",
-    "to": "+4722334455",
+    "from": "+1 212 555 0123",  # New York: one-party consent
+    "to": "+16465550199",
     "direction": "inbound",
     "consent": "granted",
     "basis": "consent",
@@ -96,11 +96,13 @@ async def test_signed_upload_is_stored(client: Any, audio_fixtures: Path) -> Non
         row = await conn.fetchrow("SELECT * FROM recordings")
         job = await conn.fetchrow("SELECT state, payload::text AS payload FROM jobs")
     assert job["state"] == "done"
-    assert "912" not in job["payload"] and "22334455" not in job["payload"]
+    assert "5550123" not in job["payload"] and "6465550199" not in job["payload"]
     assert row["provider"] == "upload" and row["call_id"] == "pbx-call-1"
     assert row["channels"] == 2 and row["sample_rate"] == 8000
     assert row["sha256"] == hashlib.sha256(audio).hexdigest()
-    assert json.loads(row["consent"]) == {"status": "granted", "basis": "consent"}
+    consent = json.loads(row["consent"])
+    assert (consent["status"], consent["basis"]) == ("granted", "consent")
+    assert row["state"] == "stored"
     assert row["from_hash"] is not None and row["to_hash"] is not None
 
 
@@ -216,7 +218,9 @@ async def test_the_shipped_pbx_client_uploads(aiohttp_server: Any, config: Any, 
         "--recording-id",
         "ast-1-r1",
         "--from",
-        "+447700900123",
+        "+12125550123",
+        "--basis",
+        "contract",
         "--consent",
         "granted",
         str(audio_fixtures / "call-with-announcement.wav"),

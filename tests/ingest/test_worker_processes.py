@@ -51,7 +51,7 @@ async def test_two_worker_processes_share_the_queue(
             "RecordingUrl": fake_twilio.recording_url(sid),
             "RecordingStatus": "completed",
         }
-        path = "/webhooks/twilio/acme"
+        path = "/webhooks/twilio/acme?consent=granted&basis=contract"
         sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
         assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
 

@@ -5,7 +5,7 @@ greetings and noise), then stress cases beyond what the tests require (Opus, GSM
 slips, clock drift), and prints Markdown tables: per condition the verified count and the min / median /
 max score, next to the whole-prompt NCC the part check refines; then the cost of one check.
 
-    python bench/announcement.py [--seeds 5] [--keep DIR]
+    python bench/announcement.py [--seeds 5] [--keep DIR] [--parts] [--no-timing]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from callrec.consent.announcement import THRESHOLD, Prompt, verify_announcement
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "audio"
+PROMPT_FILES = {"en": "announcement-en-gb-v1.wav", "nb": "announcement-nb-v1.wav"}
 
 
 def load_cases() -> ModuleType:
@@ -216,6 +217,28 @@ def timing(t: Any, prompts: dict[str, Prompt], sources: Any, directory: Path) ->
         )
 
 
+def parts_sweep(t: Any, sources: Any, directory: Path) -> None:
+    """The score of a few telling cases for 1, 4, 6 and 8 parts: why the method uses four."""
+    names = ("worst-mp3", "first-", "last-half", "nb-recording-en-claimed-pcm", "no-announcement-pcm")
+    chosen = [c for c in t.cases(0) if c.name.startswith(names)]
+    chosen += [c for c in stress_cases(t) if c.name in ("opus-6k", "white-0db", "slips-3", "drift-0.05")]
+    paths = {c.name: c.make(sources, directory, 0) for c in chosen}
+    print("\n| parts | " + " | ".join(("+ " if c.positive else "- ") + c.name for c in chosen) + " |")
+    print("| --- " * (len(chosen) + 1) + "|")
+    saved = announcement.PARTS
+    try:
+        for parts in (1, 4, 6, 8):
+            announcement.PARTS = parts  # read when a Prompt is built
+            prompts = {k: Prompt.from_file(FIXTURES / f) for k, f in PROMPT_FILES.items()}
+            scores = [
+                verify_announcement(paths[c.name], prompts[c.claim], search_ms=c.search_ms).score
+                for c in chosen
+            ]
+            print(f"| {parts} | " + " | ".join(f"{v:.2f}" for v in scores) + " |")
+    finally:
+        announcement.PARTS = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -223,15 +246,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="write the audio here instead of a temporary directory")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--parts", action="store_true", help="also compare 1, 4, 6 and 8 parts")
     args = parser.parse_args()
     if configure_ffmpeg() is None:
         sys.exit("no ffmpeg")
     t = load_cases()
     sources = t.Sources.load(FIXTURES)
-    prompts = {
-        "en": Prompt.from_file(FIXTURES / "announcement-en-gb-v1.wav"),
-        "nb": Prompt.from_file(FIXTURES / "announcement-nb-v1.wav"),
-    }
+    prompts = {k: Prompt.from_file(FIXTURES / f) for k, f in PROMPT_FILES.items()}
     with tempfile.TemporaryDirectory(prefix="bench-announcement-") as scratch:
         directory = args.keep or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
@@ -250,6 +271,8 @@ def main() -> None:
         for seed in range(min(args.seeds, 3)):
             run(stress_cases(t), t, prompts, sources, directory, seed, stress)
         table(stress)
+        if args.parts:
+            parts_sweep(t, sources, directory)
         if not args.no_timing:
             timing(t, prompts, sources, directory)
 

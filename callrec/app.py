@@ -172,6 +172,8 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/webhooks/twilio/{tenant}", webhooks.twilio_recording)
     app.router.add_post("/webhooks/upload/{tenant}", webhooks.pbx_upload)
+    app.router.add_post("/webhooks/vonage/{tenant}", webhooks.vonage_recording)
+    app.router.add_post("/webhooks/plivo/{tenant}", webhooks.plivo_recording)
     app.router.add_get("/api/v1/recordings", api_recordings.list_recordings)
     app.router.add_get("/api/v1/recordings/{id}", api_recordings.get_recording)
     app.router.add_get("/api/v1/recordings/{id}/audio", api_recordings.get_audio)

@@ -30,6 +30,7 @@ DEFAULT_MEDIA_HOSTS = (
     "api-eu.vonage.com",
     "api-ap.vonage.com",
     "media.plivo.com",
+    "api.plivo.com",
 )
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -116,6 +117,14 @@ class TenantConfig:
     twilio_auth_token: str = ""
     webhook_secret: str = ""
     delete_provider_copy: bool = False
+    # Vonage signed webhooks (HS256 signature secret) and the application whose key fetches media.
+    vonage_signature_secret: str = ""
+    vonage_api_key: str = ""
+    vonage_application_id: str = ""
+    vonage_private_key_path: str = ""
+    plivo_auth_id: str = ""
+    plivo_auth_token: str = ""
+    plivo_api_base: str = "https://api.plivo.com"
     # [tenants.<t>.policy]: the consent policy (callrec.consent.policy.PolicyConfig); always set
     # by the loader. Typed loosely here because the policy module itself imports this one.
     policy: Any = None

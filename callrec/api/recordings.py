@@ -229,12 +229,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     rid = _recording_id(request)
     async with request.app[db_key].acquire() as conn:
         rec = await _visible(conn, token, rid)
-        if (
-            rec.wrapped_key is None
-            or rec.object_key is None
-            or rec.size_bytes is None
-            or rec.format is None
-        ):
+        if rec.wrapped_key is None or rec.object_key is None or rec.size_bytes is None or rec.format is None:
             raise NotFound("this recording's audio no longer exists", code="audio_destroyed")
         size, wrapped_key, object_key = rec.size_bytes, rec.wrapped_key, rec.object_key
         try:

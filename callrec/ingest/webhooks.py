@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -31,12 +32,14 @@ from callrec.db import audit, events, jobs, recordings
 from callrec.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from callrec.ingest.media import check_media_url
 from callrec.ingest.tags import TAG_NAMES, parse_tags
-from callrec.providers import twilio
+from callrec.providers import plivo, twilio, vonage
 
 log = logging.getLogger(__name__)
 
 INGEST_TWILIO = "ingest.twilio"
 INGEST_UPLOAD = "ingest.upload"
+INGEST_VONAGE = "ingest.vonage"
+INGEST_PLIVO = "ingest.plivo"
 
 SIGNATURE_TOLERANCE_S = 300  # DESIGN.md: a signed upload older than 5 minutes is rejected
 _TWILIO_SID = {
@@ -120,32 +123,158 @@ async def twilio_recording(request: web.Request) -> web.Response:
         return web.json_response({"status": "recorded", "event": f"recording-{status}"}, status=200)
 
     check_media_url(fields.get("RecordingUrl", ""), config.ingest.media_hosts)
-    payload: dict[str, Any] = {
+    started = _rfc2822(fields.get("RecordingStartTime"))
+    payload = remote_payload(
+        provider="twilio",
+        call_id=fields["CallSid"],
+        provider_recording_id=fields["RecordingSid"],
+        media_url=fields["RecordingUrl"],
+        started_at=started,
+        tags=tags.as_payload(),
+        source={"recording_source": fields.get("RecordingSource"), "track": fields.get("RecordingTrack")},
+        account_sid=fields["AccountSid"],
+    )
+    return await enqueue_remote(request, tenant, INGEST_TWILIO, fields["RecordingSid"], payload)
+
+
+def remote_payload(
+    *,
+    provider: str,
+    call_id: str,
+    provider_recording_id: str,
+    media_url: str,
+    started_at: datetime | None,
+    tags: dict[str, Any],
+    source: dict[str, Any] | None = None,
+    **extra: str,
+) -> dict[str, Any]:
+    """The job for a recording the provider holds: ids and where to fetch it; never phone numbers."""
+    return {
         "recording_id": str(uuid.uuid4()),
-        "account_sid": fields["AccountSid"],
-        "call_sid": fields["CallSid"],
-        "call_id": fields["CallSid"],
-        "recording_sid": fields["RecordingSid"],
-        "recording_url": fields["RecordingUrl"],
-        "duration_s": fields.get("RecordingDuration", ""),
-        "channels": fields.get("RecordingChannels", ""),
-        "start_time": fields.get("RecordingStartTime", ""),
-        "source": fields.get("RecordingSource", ""),
-        "track": fields.get("RecordingTrack", ""),
-        "tags": tags.as_payload(),
+        "provider": provider,
+        "call_id": call_id,
+        "provider_recording_id": provider_recording_id,
+        "media_url": media_url,
+        "started_at": started_at.isoformat() if started_at else None,
+        "tags": tags,
+        "source": {k: v for k, v in (source or {}).items() if v},
+        **extra,
     }
-    async with pool.acquire() as conn, conn.transaction():
+
+
+async def enqueue_remote(
+    request: web.Request, tenant: TenantConfig, kind: str, dedupe_key: str, payload: dict[str, Any]
+) -> web.Response:
+    """Commit the job, then acknowledge: 202 for a new recording, 200 for a repeat."""
+    async with request.app[db_key].acquire() as conn, conn.transaction():
         job_id, created = await jobs.enqueue(
             conn,
             tenant=tenant.name,
-            kind=INGEST_TWILIO,
-            dedupe_key=fields["RecordingSid"],
+            kind=kind,
+            dedupe_key=dedupe_key,
             payload=payload,
-            max_attempts=config.ingest.max_attempts,
+            max_attempts=request.app[config_key].ingest.max_attempts,
         )
     return web.json_response(
         {"status": "queued" if created else "duplicate", "job_id": job_id}, status=202 if created else 200
     )
+
+
+def _rfc2822(value: str | None) -> datetime | None:
+    """Twilio's times are RFC 2822 ("Mon, 23 Nov 2026 10:00:01 +0000")."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- Vonage ------------------------------------------------------------------------------
+
+
+async def vonage_recording(request: web.Request) -> web.Response:
+    """Vonage's ``record`` event, a signed webhook (HS256 JWT whose ``payload_hash`` covers the body).
+
+    Vonage signs only the body, not the URL, so query-string tags would be forgeable and are
+    not read: consent and announcement evidence for Vonage calls comes through signed call events.
+    """
+    config = request.app[config_key]
+    tenant = tenant_of(request)
+    if not tenant.vonage_signature_secret:
+        raise Forbidden(
+            "no Vonage signature secret is configured for this tenant", code="provider_not_configured"
+        )
+    if request.content_length is not None and request.content_length > vonage.MAX_EVENT_BYTES:
+        raise PayloadTooLarge("Vonage events are limited to 64 KiB")
+    body = await request.content.read(vonage.MAX_EVENT_BYTES + 1)
+    try:
+        vonage.verify_signed_webhook(
+            request.headers.get("Authorization"),
+            body,
+            tenant.vonage_signature_secret,
+            api_key=tenant.vonage_api_key or None,
+            application_id=tenant.vonage_application_id or None,
+        )
+    except vonage.SignatureError as exc:
+        raise Forbidden(exc.message, code="invalid_signature") from None
+    try:
+        event = vonage.parse_recording_event(body)
+    except vonage.NotARecordEvent:
+        return web.json_response({"status": "ignored"}, status=200)
+    except vonage.InvalidEvent as exc:
+        raise BadRequest(str(exc), code="invalid_callback") from None
+    check_media_url(event.media_url, config.ingest.media_hosts)
+    payload = remote_payload(
+        provider="vonage",
+        call_id=event.call_id,
+        provider_recording_id=event.recording_id,
+        media_url=event.media_url,
+        started_at=event.started_at,
+        tags={},
+    )
+    return await enqueue_remote(request, tenant, INGEST_VONAGE, event.recording_id, payload)
+
+
+# --- Plivo -------------------------------------------------------------------------------
+
+
+async def plivo_recording(request: web.Request) -> web.Response:
+    """Plivo's record callback, signed with X-Plivo-Signature-V3 over the URL, the POST params and
+    a nonce (https://www.plivo.com/docs/voice/xml/request/validation). Query tags are signed too."""
+    config = request.app[config_key]
+    tenant = tenant_of(request)
+    if not (tenant.plivo_auth_id and tenant.plivo_auth_token):
+        raise Forbidden("no Plivo account is configured for this tenant", code="provider_not_configured")
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
+    form = await request.post()
+    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    url = config.public_base_url + request.raw_path
+    if not plivo.signature_valid(
+        request.method,
+        url,
+        params,
+        request.headers.get(plivo.NONCE_HEADER, ""),
+        request.headers.get(plivo.SIGNATURE_HEADER, ""),
+        tenant.plivo_auth_token,
+    ):
+        raise Forbidden("the X-Plivo-Signature-V3 does not match", code="invalid_signature")
+    try:
+        event = plivo.parse_record_callback(params)
+    except plivo.InvalidEvent as exc:
+        raise BadRequest(str(exc), code="invalid_callback") from None
+    check_media_url(event.media_url, config.ingest.media_hosts)
+    tags = parse_tags({name: request.query.get(name) for name in TAG_NAMES})
+    payload = remote_payload(
+        provider="plivo",
+        call_id=event.call_id,
+        provider_recording_id=event.recording_id,
+        media_url=event.media_url,
+        started_at=event.started_at,
+        tags=tags.as_payload(),
+    )
+    return await enqueue_remote(request, tenant, INGEST_PLIVO, event.recording_id, payload)
 
 
 # --- PBX upload ---------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,17 @@ from callrec.crypto import envelope
 from callrec.db import Conn, announcements, audit, events, jobs, recordings
 from callrec.errors import CallrecError
 from callrec.ingest.media import MediaError, check_media_url, download
+from callrec.ingest.remote import PROVIDERS
 from callrec.ingest.tags import Tags
-from callrec.ingest.webhooks import INGEST_TWILIO, INGEST_UPLOAD, seal_and_store, spool_dir
+from callrec.ingest.webhooks import (
+    INGEST_PLIVO,
+    INGEST_TWILIO,
+    INGEST_UPLOAD,
+    INGEST_VONAGE,
+    seal_and_store,
+    spool_dir,
+)
 from callrec.metrics import metrics_key
-from callrec.providers import twilio
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,9 @@ class Worker:
         self.id = _worker_id()
         self._wake = asyncio.Event()
         self._handlers: dict[str, Callable[[jobs.Job, TenantConfig], Awaitable[None]]] = {
-            INGEST_TWILIO: self._ingest_twilio,
+            INGEST_TWILIO: self._ingest_remote,
+            INGEST_VONAGE: self._ingest_remote,
+            INGEST_PLIVO: self._ingest_remote,
             INGEST_UPLOAD: self._ingest_upload,
             DELETE_PROVIDER_COPY: self._delete_provider_copy,
             erasure.DELETE_OBJECT: self._delete_object,
@@ -188,15 +196,19 @@ class Worker:
 
     # --- ingest: provider-specific front ends ------------------------------------------------
 
-    async def _ingest_twilio(self, job: jobs.Job, tenant: TenantConfig) -> None:
+    async def _ingest_remote(self, job: jobs.Job, tenant: TenantConfig) -> None:
+        """A recording the provider holds (Twilio, Vonage, Plivo): parties from its API, then media."""
         p = job.payload
-        recording_url = check_media_url(p["recording_url"], self.config.ingest.media_hosts)
-        auth = _twilio_auth(tenant)
+        provider = PROVIDERS[p["provider"]]
+        if not provider.configured(tenant):
+            raise PermanentError(f"tenant {tenant.name!r} has no {provider.name} credentials configured")
+        check_media_url(p["media_url"], self.config.ingest.media_hosts)
         timeout = aiohttp.ClientTimeout(
             total=self.config.ingest.fetch_timeout.total_seconds(), sock_connect=15
         )
-        call = await self._get_json(
-            twilio.call_url(recording_url, p["account_sid"], p["call_sid"]), auth, timeout
+        lookup = provider.parties_request(p, tenant)
+        caller, callee, direction, call_started = provider.parties(
+            await self._get_json(lookup.url, lookup.headers, timeout)
         )
         rid = p["recording_id"]
         keys = self.app[keys_key]
@@ -204,42 +216,42 @@ class Worker:
         hashes: dict[str, bytes] = {}
         numbers: dict[str, str | None] = {}
         async with self.pool.acquire() as conn:
-            for role in ("from", "to"):
-                value = call.get(role)
-                numbers[role] = _e164_or_none(value) if isinstance(value, str) else None
-                if isinstance(value, str) and value:
+            for role, value in (("from", caller), ("to", callee)):
+                numbers[role] = _e164_or_none(value) if value else None
+                if value:
                     sealed[role] = await keys.seal_phone(tenant.name, rid, role, value)
                     if numbers[role]:
                         hashes[role] = await keys.phone_hash(conn, tenant.name, numbers[role] or "")
         intake = Intake(
             job=job,
             tenant=tenant,
-            provider="twilio",
-            call_id=p["call_sid"],
-            provider_recording_id=p["recording_sid"],
-            started_at=_twilio_time(p.get("start_time")) or _twilio_time(call.get("start_time")),
-            direction=call.get("direction"),
+            provider=provider.name,
+            call_id=p["call_id"],
+            provider_recording_id=p["provider_recording_id"],
+            started_at=_iso_or_none(p.get("started_at")) or call_started,
+            direction=direction,
             sealed=sealed,
             hashes=hashes,
             jurisdiction=self._jurisdiction(tenant, numbers.get("from"), numbers.get("to")),
-            source={"recording_source": p.get("source"), "track": p.get("track")},
+            source=p.get("source") or {},
         )
         if not await self._decide_early(intake):
             return
-        media = await download(
+        media = provider.media_request(p, tenant)
+        downloaded = await download(
             self.http,
-            recording_url,
-            headers=auth,
+            check_media_url(media.url, self.config.ingest.media_hosts),
+            headers=media.headers,
             max_bytes=self.config.ingest.max_media_mb * 1024 * 1024,
             timeout=timeout,
             directory=spool_dir(self.config),
         )
         try:
             await self._decide_and_store(
-                intake, media.path, sha256=media.sha256, size=media.size, original=None
+                intake, downloaded.path, sha256=downloaded.sha256, size=downloaded.size, original=None
             )
         finally:
-            media.path.unlink(missing_ok=True)
+            downloaded.path.unlink(missing_ok=True)
 
     async def _ingest_upload(self, job: jobs.Job, tenant: TenantConfig) -> None:
         p = job.payload
@@ -504,7 +516,7 @@ class Worker:
                     "job_id": intake.job.id,
                 },
             )
-            if intake.provider == "twilio":
+            if intake.provider in PROVIDERS:
                 await self._queue_provider_copy_deletion(conn, intake)
             elif p.get("object_key"):
                 await jobs.enqueue(
@@ -517,14 +529,40 @@ class Worker:
                 )
 
     async def _queue_provider_copy_deletion(self, conn: Conn, intake: Intake) -> None:
+        """Delete the provider's copy through a durable job; where the provider has no delete API
+        (Vonage), record when its own retention removes it instead."""
+        provider = PROVIDERS[intake.provider]
+        if provider.delete_request(intake.job.payload, intake.tenant) is None:
+            await audit.record(
+                conn,
+                tenant=intake.tenant.name,
+                actor=WORKER_ACTOR,
+                action=audit.AuditAction.PROVIDER_COPY_DELETED,
+                recording_id=_uuid_or_none(intake.job.payload.get("recording_id")),
+                details={
+                    "provider": provider.name,
+                    "provider_recording_id": intake.provider_recording_id,
+                    "deleted": False,
+                    "provider_deletes_after_days": provider.provider_retention_days,
+                },
+            )
+            return
         await jobs.enqueue(
             conn,
             tenant=intake.tenant.name,
             kind=DELETE_PROVIDER_COPY,
-            dedupe_key=intake.provider_recording_id,
+            dedupe_key=f"{intake.provider}:{intake.provider_recording_id}",
             payload={
                 k: intake.job.payload[k]
-                for k in ("recording_id", "account_sid", "recording_sid", "recording_url")
+                for k in (
+                    "recording_id",
+                    "provider",
+                    "media_url",
+                    "call_id",
+                    "provider_recording_id",
+                    "account_sid",
+                )
+                if k in intake.job.payload
             },
             max_attempts=self.config.ingest.max_attempts,
         )
@@ -533,13 +571,13 @@ class Worker:
 
     async def _delete_provider_copy(self, job: jobs.Job, tenant: TenantConfig) -> None:
         p = job.payload
-        url = twilio.recording_resource_url(
-            check_media_url(p["recording_url"], self.config.ingest.media_hosts),
-            p["account_sid"],
-            p["recording_sid"],
-        )
+        provider = PROVIDERS[p["provider"]]
+        request = provider.delete_request(p, tenant)
+        if request is None:
+            raise PermanentError(f"{provider.name} offers no API to delete a recording")
+        url = check_media_url(request.url, self.config.ingest.media_hosts)
         async with self.http.delete(
-            url, headers=_twilio_auth(tenant), timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
+            url, headers=request.headers, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
         ) as resp:
             if resp.status not in (200, 204, 404):
                 raise MediaError(f"deleting the provider's copy failed with HTTP {resp.status}")
@@ -554,8 +592,9 @@ class Worker:
                 action=audit.AuditAction.PROVIDER_COPY_DELETED,
                 recording_id=_uuid_or_none(p.get("recording_id")),
                 details={
-                    "provider": "twilio",
-                    "provider_recording_id": p["recording_sid"],
+                    "provider": provider.name,
+                    "provider_recording_id": p["provider_recording_id"],
+                    "deleted": True,
                     "already_gone": gone_already,
                 },
             )
@@ -681,7 +720,7 @@ class Worker:
                             "job_id": job.id,
                         },
                     )
-                    if rec.provider == "twilio" and tenant.delete_provider_copy:
+                    if rec.provider in PROVIDERS and tenant.delete_provider_copy:
                         await self._queue_provider_copy_deletion(conn, intake)
                     if superseded_object:  # the upload's unredacted original
                         await jobs.enqueue(
@@ -732,11 +771,6 @@ def _direction(value: str | None) -> str | None:
     return value if value in ("inbound", "outbound-api", "outbound-dial", "outbound") else None
 
 
-def _twilio_auth(tenant: TenantConfig) -> dict[str, str]:
-    """Twilio's REST API takes HTTP Basic auth with the account SID and auth token."""
-    return {"Authorization": aiohttp.encode_basic_auth(tenant.twilio_account_sid, tenant.twilio_auth_token)}
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, audio.AudioError):
         return f"audio {exc.code}: {exc}"
@@ -754,6 +788,9 @@ def _uuid_or_none(value: object) -> uuid.UUID | None:
 
 
 def _e164_or_none(value: str) -> str | None:
+    """E.164 for a provider's number; Vonage and Plivo give international digits without "+"."""
+    if value.isdigit() and 8 <= len(value) <= 15:
+        value = "+" + value
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:
@@ -763,11 +800,11 @@ def _e164_or_none(value: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _twilio_time(value: object) -> datetime | None:
-    """Twilio's REST times are RFC 2822 ("Tue, 10 Aug 2010 08:02:17 +0000")."""
+def _iso_or_none(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
         return None
+    return parsed if parsed.tzinfo else None

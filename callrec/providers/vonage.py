@@ -80,6 +80,10 @@ class InvalidEvent(ValueError):
     """The webhook body is not a usable ``record`` event; the message says which field and why."""
 
 
+class NotARecordEvent(InvalidEvent):
+    """A valid webhook that is not a recording (a status or transcription event): acknowledge, ignore."""
+
+
 @dataclass(frozen=True)
 class RecordingEvent:
     """A finished recording, as announced by the provider.
@@ -306,7 +310,7 @@ def parse_recording_event(body: bytes) -> RecordingEvent:
         raise InvalidEvent("the event body must be a JSON object")
     if "recording_url" not in data:
         kind = data.get("status") or data.get("type") or "unknown"
-        raise InvalidEvent(f"not a record event (no recording_url; event {str(kind)[:40]!r})")
+        raise NotARecordEvent(f"not a record event (no recording_url; event {str(kind)[:40]!r})")
 
     media_url = check_url(data.get("recording_url"), "recording_url")
     recording_id = _id_field(data, "recording_uuid")

@@ -548,7 +548,7 @@ def test_recording_shorter_than_the_prompt(
     assert verify_announcement(recording, prompts["en"]) == AnnouncementCheck(False, None, 0.0)
 
 
-@pytest.mark.parametrize("search_ms", [-1, 10 * 60_000 + 1])
+@pytest.mark.parametrize("search_ms", [-1, 5 * 60_000 + 1])
 def test_search_ms_out_of_range(audio_fixtures: Path, prompts: dict[str, Prompt], search_ms: int) -> None:
     with pytest.raises(ValueError, match="search_ms"):
         verify_announcement(audio_fixtures / "call-with-announcement.wav", prompts["en"], search_ms=search_ms)

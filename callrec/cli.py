@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from callrec.config import Config, ConfigError, load_config
+from callrec.errors import CallrecError
 
 log = logging.getLogger("callrec")
 
@@ -242,6 +243,83 @@ def cmd_jobs_retry(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_announcements_add(config: Config, args: argparse.Namespace) -> int:
+    """Register an announcement prompt so the worker can verify it in recordings."""
+    from callrec import audio
+    from callrec.consent.announcement import Prompt
+    from callrec.db import announcements, audit
+    from callrec.db.pool import create_pool
+    from callrec.ingest.tags import parse_tags
+
+    tenant = _tenant(config, args.tenant)
+    parse_tags({"announcement": args.id, "announcement_version": args.version, "language": args.language})
+    if not args.audio.is_file():
+        return _fail(f"{args.audio}: no such file")
+    audio.configure_ffmpeg()
+    try:
+        info = audio.probe_file(args.audio)
+        Prompt.from_file(args.audio)
+    except audio.AudioError as exc:
+        return _fail(f"{args.audio}: {exc}")
+    data = args.audio.read_bytes()
+
+    async def run() -> bool:
+        pool = await create_pool(config)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                added = await announcements.add(
+                    conn,
+                    tenant=tenant,
+                    announcement_id=args.id,
+                    version=args.version,
+                    language=args.language,
+                    audio=data,
+                )
+                if added:
+                    await audit.record(
+                        conn,
+                        tenant=tenant,
+                        actor="cli",
+                        action=audit.AuditAction.ANNOUNCEMENT_ADDED,
+                        details={
+                            "announcement": args.id,
+                            "version": args.version,
+                            "language": args.language,
+                            "duration_ms": info.duration_ms,
+                        },
+                    )
+            return added
+        finally:
+            await pool.close()
+
+    if not asyncio.run(run()):
+        return _fail(
+            f"announcement {args.id!r} version {args.version!r} exists already; versions are immutable", 1
+        )
+    described = f"{args.id} v{args.version} ({args.language}, {info.duration_ms} ms)"
+    print(f"{tenant}: announcement {described} registered")
+    return 0
+
+
+def cmd_announcements_list(config: Config, args: argparse.Namespace) -> int:
+    from callrec.db import announcements
+    from callrec.db.pool import connect
+
+    tenant = _tenant(config, args.tenant)
+
+    async def run() -> list[tuple[str, str, str, str]]:
+        async with connect(config) as conn:
+            return await announcements.list_for(conn, tenant=tenant)
+
+    found = [(a.id, a.version, a.language, "config") for a in config.tenants[tenant].announcements.values()]
+    found += asyncio.run(run())
+    if not found:
+        print(f"{tenant}: no announcements registered")
+    for row in found:
+        print("\t".join(row))
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 
@@ -282,6 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit_p.add_parser("verify", help="check the hash chain end to end").set_defaults(func=cmd_audit_verify)
 
+    ann = sub.add_parser("announcements", help="announcement prompts verified in recordings").add_subparsers(
+        dest="announcements_command", required=True
+    )
+    add = ann.add_parser("add", help="register the prompt audio of an announcement version")
+    add.add_argument("id", help="the id callbacks claim, e.g. rec-notice")
+    add.add_argument("audio", type=Path, help="the prompt as played to callers (WAV, MP3, ...)")
+    add.add_argument("--version", required=True)
+    add.add_argument("--language", required=True, help="BCP 47, e.g. en-GB")
+    add.add_argument("--tenant")
+    add.set_defaults(func=cmd_announcements_add)
+    ann_list = ann.add_parser("list", help="registered announcements (config file and CLI)")
+    ann_list.add_argument("--tenant")
+    ann_list.set_defaults(func=cmd_announcements_list)
+
     jobs_p = sub.add_parser("jobs", help="the ingest job queue").add_subparsers(
         dest="jobs_command", required=True
     )
@@ -309,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(config, args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")
+    except CallrecError as exc:
+        return _fail(exc.message)
     except KeyboardInterrupt:
         return 130
     return result

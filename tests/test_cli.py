@@ -61,7 +61,9 @@ def test_fresh_database_migrates(
         assert "0001_init.sql" in capsys.readouterr().out
         assert main(["migrate"]) == 0
         assert "up to date" in capsys.readouterr().out
-        versions = [r["version"] for r in query(url, "SELECT version FROM schema_migrations ORDER BY version")]
+        versions = [
+            r["version"] for r in query(url, "SELECT version FROM schema_migrations ORDER BY version")
+        ]
         assert versions == [1, 2]
     finally:
         query(pg_root_url, f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -213,3 +215,80 @@ def test_serve_runs_on_embedded_defaults(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_announcements_add_verifies_and_registers(
+    env: Path, database_url: str, audio_fixtures: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = audio_fixtures / "announcement-nb-v1.wav"
+    assert (
+        main(
+            [
+                "announcements",
+                "add",
+                "notice-nb",
+                str(prompt),
+                "--version",
+                "1",
+                "--language",
+                "nb-NO",
+                "--tenant",
+                "acme",
+            ]
+        )
+        == 0
+    )
+    assert "registered" in capsys.readouterr().out
+    rows = query(database_url, "SELECT id, version, language, length(audio) AS n FROM announcements")
+    assert [(r["id"], r["version"], r["language"], r["n"]) for r in rows] == [
+        ("notice-nb", "1", "nb-NO", prompt.stat().st_size)
+    ]
+    assert (
+        main(
+            [
+                "announcements",
+                "add",
+                "notice-nb",
+                str(prompt),
+                "--version",
+                "1",
+                "--language",
+                "nb-NO",
+                "--tenant",
+                "acme",
+            ]
+        )
+        == 1
+    )  # versions are immutable
+    assert "exists already" in capsys.readouterr().err
+    assert main(["announcements", "list", "--tenant", "acme"]) == 0
+    assert "notice-nb\t1\tnb-NO" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["notice", "/nonexistent.wav", "--version", "1", "--language", "en-GB"], "no such file"),
+        (["notice", "FIXTURE_TEXT", "--version", "1", "--language", "en-GB"], "not audio"),
+        (["bad id!", "FIXTURE_WAV", "--version", "1", "--language", "en-GB"], "announcement"),
+        (["notice", "FIXTURE_WAV", "--version", "1", "--language", "english please"], "language"),
+    ],
+)
+def test_announcements_add_refuses_bad_input(
+    env: Path,
+    tmp_path: Path,
+    audio_fixtures: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    text = tmp_path / "not-audio.wav"
+    text.write_text("this is not audio at all, just text pretending to be a prompt\n" * 50)
+    argv = [
+        a.replace("FIXTURE_WAV", str(audio_fixtures / "announcement-en-gb-v1.wav")).replace(
+            "FIXTURE_TEXT", str(text)
+        )
+        for a in argv
+    ]
+    assert main(["announcements", "add", *argv, "--tenant", "acme"]) != 0
+    assert message in capsys.readouterr().err

@@ -37,3 +37,12 @@ async def get_audio(
         version,
     )
     return (row["version"], bytes(row["audio"])) if row else None
+
+
+async def list_for(conn: Conn, *, tenant: str) -> list[tuple[str, str, str, str]]:
+    """(id, version, language, registered date) of every prompt registered through the CLI."""
+    rows = await conn.fetch(
+        "SELECT id, version, language, created_at FROM announcements WHERE tenant = $1 ORDER BY id, version",
+        tenant,
+    )
+    return [(r["id"], r["version"], r["language"], f"{r['created_at']:%Y-%m-%d}") for r in rows]

@@ -15,12 +15,13 @@ from aiohttp import web
 
 from callrec import audio
 from callrec.api import recordings as api_recordings
-from callrec.appkeys import config_key, db_key, keys_key, store_key
+from callrec.appkeys import batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config
 from callrec.crypto.keys import open_key_provider
 from callrec.db.pool import DatabaseUnavailable, create_pool
 from callrec.errors import CallrecError
 from callrec.ingest import webhooks
+from callrec.ingest.batcher import JobBatcher
 from callrec.ingest.worker import Worker
 from callrec.keyring import TenantKeys
 from callrec.metrics import Metrics, metrics_handler, metrics_key
@@ -141,9 +142,11 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
         app[keys_key] = TenantKeys(provider)
         app[store_key] = open_object_store(config.storage, root=config.storage_path)
         app[db_key] = await create_pool(config)
+        app[batcher_key] = JobBatcher(app[db_key])
         try:
             yield
         finally:
+            await app[batcher_key].close()
             await app[db_key].close()
             await app[store_key].close()
 

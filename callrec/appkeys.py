@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from callrec.config import Config
+from callrec.ingest.batcher import JobBatcher
 from callrec.keyring import TenantKeys
 from callrec.storage.base import ObjectStore
 
@@ -13,3 +14,4 @@ config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", asyncpg.Pool)
 store_key = web.AppKey("store", ObjectStore)
 keys_key = web.AppKey("keys", TenantKeys)
+batcher_key = web.AppKey("batcher", JobBatcher)

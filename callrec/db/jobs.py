@@ -208,3 +208,57 @@ async def wake_for_call(conn: Conn, *, tenant: str, call_id: str) -> int:
     if woken:
         await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
     return woken
+
+
+@dataclass(frozen=True)
+class NewJob:
+    tenant: str
+    kind: str
+    dedupe_key: str
+    payload: dict[str, Any]
+    max_attempts: int
+
+
+async def enqueue_many(conn: Conn, items: list[NewJob]) -> list[tuple[int, bool]]:
+    """Insert many jobs in one statement (group commit); ``(job_id, created)`` per item, in order.
+
+    Run outside an explicit transaction: the insert commits on its own, then one notification
+    wakes the workers. Items repeating a (tenant, kind, dedupe_key), in the batch or in the
+    table, get the existing job's id and ``created=False``.
+    """
+    rows = await conn.fetch(
+        """INSERT INTO jobs (tenant, kind, dedupe_key, payload, max_attempts)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::int[])
+           ON CONFLICT (tenant, kind, dedupe_key) DO NOTHING
+           RETURNING id, tenant, kind, dedupe_key""",
+        [i.tenant for i in items],
+        [i.kind for i in items],
+        [i.dedupe_key for i in items],
+        [json.dumps(i.payload) for i in items],
+        [i.max_attempts for i in items],
+    )
+    created = {(r["tenant"], r["kind"], r["dedupe_key"]): int(r["id"]) for r in rows}
+    if created:
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    existing: dict[tuple[str, str, str], int] = {}
+    missing = [i for i in items if (i.tenant, i.kind, i.dedupe_key) not in created]
+    if missing:
+        found = await conn.fetch(
+            """SELECT j.id, j.tenant, j.kind, j.dedupe_key FROM jobs j
+               JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, kind, dedupe_key)
+                 USING (tenant, kind, dedupe_key)""",
+            [i.tenant for i in missing],
+            [i.kind for i in missing],
+            [i.dedupe_key for i in missing],
+        )
+        existing = {(r["tenant"], r["kind"], r["dedupe_key"]): int(r["id"]) for r in found}
+    results: list[tuple[int, bool]] = []
+    claimed: set[tuple[str, str, str]] = set()
+    for item in items:
+        key = (item.tenant, item.kind, item.dedupe_key)
+        if key in created and key not in claimed:
+            claimed.add(key)  # the first of a repeated key in the batch is the one that made it
+            results.append((created[key], True))
+        else:
+            results.append((created.get(key) or existing[key], False))
+    return results

@@ -24,7 +24,7 @@ from aiohttp import web
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from callrec import erasure
-from callrec.appkeys import config_key, db_key, keys_key, store_key
+from callrec.appkeys import batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config, TenantConfig
 from callrec.consent.jurisdiction import classify, load_consent_laws, locate
 from callrec.crypto import envelope
@@ -166,15 +166,13 @@ async def enqueue_remote(
     request: web.Request, tenant: TenantConfig, kind: str, dedupe_key: str, payload: dict[str, Any]
 ) -> web.Response:
     """Commit the job, then acknowledge: 202 for a new recording, 200 for a repeat."""
-    async with request.app[db_key].acquire() as conn, conn.transaction():
-        job_id, created = await jobs.enqueue(
-            conn,
-            tenant=tenant.name,
-            kind=kind,
-            dedupe_key=dedupe_key,
-            payload=payload,
-            max_attempts=request.app[config_key].ingest.max_attempts,
-        )
+    job_id, created = await request.app[batcher_key].enqueue(
+        tenant=tenant.name,
+        kind=kind,
+        dedupe_key=dedupe_key,
+        payload=payload,
+        max_attempts=request.app[config_key].ingest.max_attempts,
+    )
     return web.json_response(
         {"status": "queued" if created else "duplicate", "job_id": job_id}, status=202 if created else 200
     )

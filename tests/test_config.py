@@ -103,4 +103,6 @@ def test_example_config_documents_every_key() -> None:
     from callrec.consent.policy import PolicyConfig
 
     for name in PolicyConfig.__dataclass_fields__:
-        assert f"{name} =" in text or f"policy.{name}]" in text, f"tenants.<name>.policy.{name} is not documented"
+        assert f"{name} =" in text or f"policy.{name}]" in text, (
+            f"tenants.<name>.policy.{name} is not documented"
+        )

@@ -163,7 +163,7 @@ CODECS: dict[str, tuple[str, dict[str, object]]] = {
 
 def export(segment: AudioSegment, codec: str, path: Path) -> Path:
     fmt, options = CODECS[codec]
-    segment.export(path, format=fmt, **options)  # type: ignore[arg-type]
+    segment.export(path, format=fmt, **options)
     return path
 
 
@@ -193,6 +193,47 @@ class Case:
         )
 
 
+def after_ringback(ms: int, kind: str, call: str = "call_with") -> Builder:
+    return lambda s, r: ringback(ms, kind) + getattr(s, call)
+
+
+def after_greeting(ms: int, *, start: int = 2000) -> Builder:
+    """The call after ``ms`` of speech from the other fixture call: an agent's or a caller's greeting."""
+    return lambda s, r: s.call_without[start : start + ms] + s.call_with
+
+
+def noisy(build: Builder, kind: str, snr_db: float) -> Builder:
+    return lambda s, r: with_noise(build(s, r), kind, snr_db, s.en, r)
+
+
+def prompt_on_one_side(ms: int, side: str) -> Builder:
+    """The agent's side plays the prompt after ``ms``; the caller hears ring-back, then talks over it."""
+
+    def build(s: Sources, r: np.random.Generator) -> AudioSegment:
+        agent = silence(ms) + s.en + s.agent
+        talk_over = s.call_without[5000 : 5000 + len(s.en)] - 6
+        caller = ringback(ms, "us") + talk_over + s.caller
+        return stereo(agent, caller) if side == "left" else stereo(caller, agent)
+
+    return build
+
+
+def norwegian_after_ringback(ms: int) -> Builder:
+    return lambda s, r: ringback(ms, "eu") + s.nb + s.after_prompt()
+
+
+def first_share_of_prompt(share: float) -> Builder:
+    return lambda s, r: ringback(3000, "eu") + s.en[: int(len(s.en) * share)] + s.after_prompt()
+
+
+def noise_only(kind: str) -> Builder:
+    return lambda s, r: noise(30_000, kind, -30, r)
+
+
+def ringback_only(kind: str) -> Builder:
+    return lambda s, r: ringback(45_000, kind)
+
+
 def cases(seed: int) -> list[Case]:
     """The positive and negative cases; offsets, noise and greetings vary with ``seed``."""
     rng = np.random.default_rng(seed)
@@ -205,8 +246,17 @@ def cases(seed: int) -> list[Case]:
 
     found: list[Case] = []
 
-    def case(name: str, condition: str, build: Builder, **kw: object) -> None:
-        found.append(Case(name, condition, build, **kw))  # type: ignore[arg-type]
+    def case(
+        name: str,
+        condition: str,
+        build: Builder,
+        *,
+        codec: str = "pcm",
+        claim: str = "en",
+        expect_ms: int | None = None,
+        search_ms: int = 60_000,
+    ) -> None:
+        found.append(Case(name, condition, build, codec, claim, expect_ms, search_ms))
 
     # Positives.
     for codec in ("pcm", "mulaw", "alaw", "mp3-16k", "mp3-8k"):
@@ -217,7 +267,7 @@ def cases(seed: int) -> list[Case]:
             case(
                 f"ringback-{kind}-{ms}ms-{codec}",
                 f"after {kind.upper()} ring-back, {codec}",
-                lambda s, r, ms=ms, kind=kind: ringback(ms, kind) + s.call_with,
+                after_ringback(ms, kind),
                 codec=codec,
                 expect_ms=ms,
             )
@@ -226,7 +276,7 @@ def cases(seed: int) -> list[Case]:
         case(
             f"greeting-{ms}ms-{codec}",
             f"after a spoken greeting, {codec}",
-            lambda s, r, ms=ms: s.call_without[2000 : 2000 + ms] + s.call_with,
+            after_greeting(ms),
             codec=codec,
             expect_ms=ms,
         )
@@ -237,27 +287,17 @@ def cases(seed: int) -> list[Case]:
                 case(
                     f"noise-{kind}-{snr}db-{ms}ms-{codec}",
                     f"{kind} noise {snr} dB SNR, {codec}",
-                    lambda s, r, ms=ms, kind=kind, snr=snr: with_noise(
-                        ringback(ms, "eu") + s.call_with, kind, snr, s.en, r
-                    ),
+                    noisy(after_ringback(ms, "eu"), kind, snr),
                     codec=codec,
                     expect_ms=ms,
                 )
     for side in ("left", "right"):
         for codec in ("pcm", "mulaw", "mp3-16k"):
             ms = offset()
-
-            def one_side(s: Sources, r: np.random.Generator, ms: int = ms, side: str = side) -> AudioSegment:
-                # The agent's side plays the prompt; the caller hears ring-back, then talks over it.
-                agent = silence(ms) + s.en + s.agent
-                talk_over = s.call_without[5000 : 5000 + len(s.en)] - 6
-                caller = ringback(ms, "us") + talk_over + s.caller
-                return stereo(agent, caller) if side == "left" else stereo(caller, agent)
-
             case(
                 f"stereo-{side}-only-{ms}ms-{codec}",
                 f"stereo, prompt on the {side} only, {codec}",
-                one_side,
+                prompt_on_one_side(ms, side),
                 codec=codec,
                 expect_ms=ms,
             )
@@ -265,7 +305,7 @@ def cases(seed: int) -> list[Case]:
     case(
         f"worst-mulaw-pink5-ringback-{ms}ms",
         "mu-law + pink 5 dB + ring-back",
-        lambda s, r, ms=ms: with_noise(ringback(ms, "us") + s.call_with, "pink", 5, s.en, r),
+        noisy(after_ringback(ms, "us"), "pink", 5),
         codec="mulaw",
         expect_ms=ms,
     )
@@ -273,7 +313,7 @@ def cases(seed: int) -> list[Case]:
     case(
         f"worst-mp3-white5-greeting-{ms}ms",
         "MP3 8k + white 5 dB + greeting",
-        lambda s, r, ms=ms: with_noise(s.call_without[:ms] + s.call_with, "white", 5, s.en, r),
+        noisy(after_greeting(ms, start=0), "white", 5),
         codec="mp3-8k",
         expect_ms=ms,
     )
@@ -297,7 +337,7 @@ def cases(seed: int) -> list[Case]:
     case(
         "window-edge-control",
         "prompt at 14 s, 20 s window",
-        lambda s, r: ringback(14_000, "eu") + s.call_with,
+        after_ringback(14_000, "eu"),
         expect_ms=14_000,
         search_ms=20_000,
     )
@@ -310,17 +350,14 @@ def cases(seed: int) -> list[Case]:
     case(
         "no-announcement-pink5",
         "call without announcement",
-        lambda s, r: with_noise(
-            ringback(int(r.integers(3000, 12001)), "eu") + s.call_without, "pink", 5, s.en, r
-        ),
+        noisy(after_ringback(offset(), "eu", "call_without"), "pink", 5),
         codec="mulaw",
     )
     for codec in ("pcm", "mulaw", "mp3-8k"):
-        ms = offset()
         case(
             f"nb-recording-en-claimed-{codec}",
             "Norwegian played, English claimed",
-            lambda s, r, ms=ms: ringback(ms, "eu") + s.nb + s.after_prompt(),
+            norwegian_after_ringback(offset()),
             codec=codec,
         )
         case(
@@ -339,18 +376,13 @@ def cases(seed: int) -> list[Case]:
     case("silence", "silence", lambda s, r: silence(30_000))
     case("silence-mulaw", "silence", lambda s, r: silence(30_000), codec="mulaw")
     for kind in ("white", "pink"):
-        case(
-            f"noise-only-{kind}",
-            "noise only",
-            lambda s, r, kind=kind: noise(30_000, kind, -30, r),
-            codec="mulaw",
-        )
+        case(f"noise-only-{kind}", "noise only", noise_only(kind), codec="mulaw")
     for kind in ("eu", "us"):
-        case(f"ringback-only-{kind}", "ring-back only", lambda s, r, kind=kind: ringback(45_000, kind))
+        case(f"ringback-only-{kind}", "ring-back only", ringback_only(kind))
     case(
         "ringback-greeting-no-prompt",
         "ring-back + greeting, no prompt",
-        lambda s, r: ringback(int(r.integers(3000, 12001)), "us") + s.call_without,
+        after_ringback(offset(), "us", "call_without"),
         codec="mp3-8k",
     )
     case(
@@ -362,23 +394,17 @@ def cases(seed: int) -> list[Case]:
     case(
         "after-window-20s",
         "prompt only after the search window",
-        lambda s, r: ringback(14_000, "eu") + s.call_with,
+        after_ringback(14_000, "eu"),
         search_ms=10_000,
     )
     case(
         "after-window-default",
         "prompt only after the search window",
-        lambda s, r: ringback(62_000, "us") + s.call_with,
+        after_ringback(62_000, "us"),
         codec="mulaw",
     )
     for share in (0.5, 0.75):
-        case(
-            f"first-{share:.0%}-of-prompt",
-            "prompt cut short",
-            lambda s, r, share=share: (
-                ringback(3000, "eu") + s.en[: int(len(s.en) * share)] + s.after_prompt()
-            ),
-        )
+        case(f"first-{share:.0%}-of-prompt", "prompt cut short", first_share_of_prompt(share))
     case(
         "last-half-of-prompt",
         "prompt cut short",
@@ -487,7 +513,8 @@ def test_prompt_facts(prompts: dict[str, Prompt]) -> None:
 
 def test_identical_copy_scores_one(audio_fixtures: Path, prompts: dict[str, Prompt]) -> None:
     check = verify_announcement(audio_fixtures / "call-with-announcement.wav", prompts["en"])
-    assert check == AnnouncementCheck(verified=True, offset_ms=0, score=pytest.approx(1.0))
+    assert check.verified and check.offset_ms == 0
+    assert check.score == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("codec", ["wav-16k", "mp3-44k"])

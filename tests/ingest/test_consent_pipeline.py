@@ -19,7 +19,7 @@ from pydub import AudioSegment
 from twilio.request_validator import RequestValidator
 
 from callrec.app import worker_key
-from callrec.appkeys import config_key, db_key, store_key
+from callrec.appkeys import config_key, db_key
 from callrec.db import audit, tokens
 
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
@@ -36,18 +36,35 @@ def sign(body: bytes, secret: str = SECRET) -> str:
 
 async def send_event(client: Any, **event: Any) -> Any:
     body = json.dumps(event).encode()
-    return await client.post("/webhooks/events/acme", data=body,
-                             headers={"Content-Type": "application/json", "Callrec-Signature": sign(body)})
+    return await client.post(
+        "/webhooks/events/acme",
+        data=body,
+        headers={"Content-Type": "application/json", "Callrec-Signature": sign(body)},
+    )
 
 
-async def twilio_recording(client: Any, fake: Any, audio: bytes, *, tags: dict[str, str], caller: str = NY_CALLER,
-                           callee: str = NY_CALLEE, call_id: str | None = None,
-                           start: str = "Mon, 23 Nov 2026 10:00:00 +0000") -> tuple[str, str]:
+async def twilio_recording(
+    client: Any,
+    fake: Any,
+    audio: bytes,
+    *,
+    tags: dict[str, str],
+    caller: str = NY_CALLER,
+    callee: str = NY_CALLEE,
+    call_id: str | None = None,
+    start: str = "Mon, 23 Nov 2026 10:00:00 +0000",
+) -> tuple[str, str]:
     sid, csid = "RE" + uuid.uuid4().hex, call_id or "CA" + uuid.uuid4().hex
     fake.media[sid] = audio
     fake.calls[csid] = {"from": caller, "to": callee, "direction": "inbound", "start_time": start}
-    form = {"AccountSid": TWILIO_SID, "CallSid": csid, "RecordingSid": sid, "RecordingUrl": fake.recording_url(sid),
-            "RecordingStatus": "completed", "RecordingStartTime": start}
+    form = {
+        "AccountSid": TWILIO_SID,
+        "CallSid": csid,
+        "RecordingSid": sid,
+        "RecordingUrl": fake.recording_url(sid),
+        "RecordingStatus": "completed",
+        "RecordingStartTime": start,
+    }
     path = "/webhooks/twilio/acme" + (f"?{urlencode(tags)}" if tags else "")
     sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
     resp = await client.post(path, data=form, headers={"X-Twilio-Signature": sig})
@@ -83,7 +100,9 @@ async def test_declined_consent_stores_nothing_and_deletes_the_providers_copy(
     client: Any, fake_twilio: Any, audio_fixtures: Path
 ) -> None:
     audio = (audio_fixtures / "call-with-announcement.wav").read_bytes()
-    sid, _ = await twilio_recording(client, fake_twilio, audio, tags={"consent": "declined", "basis": "consent"})
+    sid, _ = await twilio_recording(
+        client, fake_twilio, audio, tags={"consent": "declined", "basis": "consent"}
+    )
     await drain(client)
     rec = await row(client, sid)
     assert rec["state"] == "rejected"
@@ -101,8 +120,13 @@ async def test_granted_consent_with_verified_announcement_in_all_party_state_is_
     client: Any, fake_twilio: Any, audio_fixtures: Path
 ) -> None:
     audio = (audio_fixtures / "call-with-announcement.wav").read_bytes()
-    sid, _ = await twilio_recording(client, fake_twilio, audio, callee=CA_CALLEE,
-                                    tags={**GRANTED, "announcement": "rec-notice", "announcement_version": "1"})
+    sid, _ = await twilio_recording(
+        client,
+        fake_twilio,
+        audio,
+        callee=CA_CALLEE,
+        tags={**GRANTED, "announcement": "rec-notice", "announcement_version": "1"},
+    )
     await drain(client)
     rec = await row(client, sid)
     assert rec["state"] == "stored", rec["policy"]
@@ -118,8 +142,9 @@ async def test_all_party_state_without_announcement_is_quarantined_and_reviewabl
     client: Any, fake_twilio: Any, audio_fixtures: Path
 ) -> None:
     audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
-    sid, _ = await twilio_recording(client, fake_twilio, audio, callee=CA_CALLEE,
-                                    tags={**GRANTED, "announcement": "rec-notice"})  # claimed, not in the audio
+    sid, _ = await twilio_recording(
+        client, fake_twilio, audio, callee=CA_CALLEE, tags={**GRANTED, "announcement": "rec-notice"}
+    )  # claimed, not in the audio
     await drain(client)
     rec = await row(client, sid)
     assert rec["state"] == "quarantined"
@@ -135,21 +160,29 @@ async def test_all_party_state_without_announcement_is_quarantined_and_reviewabl
     assert forbidden.status == 403
 
     privacy = await auth(client, "recordings:read", "recordings:listen", "quarantine:review")
-    queue = await (await client.get("/api/v1/recordings", params={"state": "quarantined"}, headers=privacy)).json()
+    queue = await (
+        await client.get("/api/v1/recordings", params={"state": "quarantined"}, headers=privacy)
+    ).json()
     assert [item["id"] for item in queue["items"]] == [str(rec["id"])]
     played = await client.get(f"/api/v1/recordings/{rec['id']}/audio", headers=privacy)
     assert await played.read() == audio
     no_reason = await client.post(f"/api/v1/recordings/{rec['id']}/approve", json={}, headers=privacy)
     assert no_reason.status == 400
-    approved = await client.post(f"/api/v1/recordings/{rec['id']}/approve",
-                                 json={"reason": "announcement played by agent, confirmed on listen"},
-                                 headers=privacy)
+    approved = await client.post(
+        f"/api/v1/recordings/{rec['id']}/approve",
+        json={"reason": "announcement played by agent, confirmed on listen"},
+        headers=privacy,
+    )
     assert approved.status == 200
     body = await approved.json()
     assert body["state"] == "stored"
-    retention = client.app[config_key].tenants["acme"].retention  # normal retention, from the time it was stored
+    retention = (
+        client.app[config_key].tenants["acme"].retention
+    )  # normal retention, from the time it was stored
     assert (await row(client, sid))["expires_at"] - rec["stored_at"] == retention
-    again = await client.post(f"/api/v1/recordings/{rec['id']}/approve", json={"reason": "twice"}, headers=privacy)
+    again = await client.post(
+        f"/api/v1/recordings/{rec['id']}/approve", json={"reason": "twice"}, headers=privacy
+    )
     assert again.status == 409
 
 
@@ -162,8 +195,9 @@ async def test_rejecting_a_quarantined_recording_destroys_it(
     rec = await row(client, sid)
     assert rec["state"] == "quarantined" and len(stored_files(client)) == 1
     privacy = await auth(client, "recordings:read", "quarantine:review")
-    resp = await client.post(f"/api/v1/recordings/{rec['id']}/reject", json={"reason": "no notice given"},
-                             headers=privacy)
+    resp = await client.post(
+        f"/api/v1/recordings/{rec['id']}/reject", json={"reason": "no notice given"}, headers=privacy
+    )
     assert resp.status == 200 and (await resp.json())["state"] == "destroyed"
     await drain(client)  # the object.delete job
     assert stored_files(client) == []
@@ -171,7 +205,9 @@ async def test_rejecting_a_quarantined_recording_destroys_it(
     assert after["wrapped_key"] is None and after["destroy_reason"] == "quarantine_rejected"
 
 
-async def test_unknown_consent_waits_for_late_events(client: Any, fake_twilio: Any, audio_fixtures: Path) -> None:
+async def test_unknown_consent_waits_for_late_events(
+    client: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
     audio = (audio_fixtures / "call-with-announcement.wav").read_bytes()
     sid, csid = await twilio_recording(client, fake_twilio, audio, tags={"basis": "consent"})
     await drain(client)
@@ -180,8 +216,9 @@ async def test_unknown_consent_waits_for_late_events(client: Any, fake_twilio: A
     assert job["state"] == "queued" and job["attempts"] == 0 and job["later"]  # deferred, no attempt spent
     assert fake_twilio.media_requests == 0 and await row(client, sid) is None
 
-    resp = await send_event(client, event="consent_granted", call_id=csid, at="2026-11-23T10:00:05+00:00",
-                            method="ivr_keypress")
+    resp = await send_event(
+        client, event="consent_granted", call_id=csid, at="2026-11-23T10:00:05+00:00", method="ivr_keypress"
+    )
     assert resp.status == 202
     await drain(client)  # the event made the job due at once
     rec = await row(client, sid)
@@ -208,8 +245,9 @@ async def test_opt_out_event_before_the_recording_rejects_it(
     client: Any, fake_twilio: Any, audio_fixtures: Path
 ) -> None:
     csid = "CA" + uuid.uuid4().hex
-    resp = await send_event(client, event="consent_declined", call_id=csid, at="2026-11-23T10:00:03+00:00",
-                            method="ivr_keypress")
+    resp = await send_event(
+        client, event="consent_declined", call_id=csid, at="2026-11-23T10:00:03+00:00", method="ivr_keypress"
+    )
     assert resp.status == 202
     audio = (audio_fixtures / "call-with-announcement.wav").read_bytes()
     sid, _ = await twilio_recording(client, fake_twilio, audio, tags=GRANTED, call_id=csid)
@@ -238,14 +276,20 @@ async def test_withdrawn_consent_after_storage_erases_the_calls_recordings(
     assert "recording:destroyed" in actions and "object:deleted" in actions
 
 
-async def test_paused_span_is_silenced_before_storage(client: Any, fake_twilio: Any, audio_fixtures: Path) -> None:
+async def test_paused_span_is_silenced_before_storage(
+    client: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
     original = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     csid = "CA" + uuid.uuid4().hex
     # The agent paused for card details from 2.0 s to 5.5 s into the recording; the provider did not cut it.
-    assert (await send_event(client, event="recording_paused", call_id=csid,
-                             at="2026-11-23T10:00:02+00:00")).status == 202
-    assert (await send_event(client, event="recording_resumed", call_id=csid,
-                             at="2026-11-23T10:00:05.500000+00:00")).status == 202
+    assert (
+        await send_event(client, event="recording_paused", call_id=csid, at="2026-11-23T10:00:02+00:00")
+    ).status == 202
+    assert (
+        await send_event(
+            client, event="recording_resumed", call_id=csid, at="2026-11-23T10:00:05.500000+00:00"
+        )
+    ).status == 202
     sid, _ = await twilio_recording(client, fake_twilio, original, tags=GRANTED, call_id=csid)
     await drain(client)
     rec = await row(client, sid)
@@ -267,8 +311,9 @@ async def test_pause_cut_by_the_provider_needs_no_redaction(
 ) -> None:
     original = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     csid = "CA" + uuid.uuid4().hex
-    await send_event(client, event="recording_paused", call_id=csid, at="2026-11-23T10:00:02+00:00",
-                     cut_by_provider=True)
+    await send_event(
+        client, event="recording_paused", call_id=csid, at="2026-11-23T10:00:02+00:00", cut_by_provider=True
+    )
     await send_event(client, event="recording_resumed", call_id=csid, at="2026-11-23T10:00:04+00:00")
     sid, _ = await twilio_recording(client, fake_twilio, original, tags=GRANTED, call_id=csid)
     await drain(client)
@@ -279,18 +324,34 @@ async def test_pause_cut_by_the_provider_needs_no_redaction(
 @pytest.mark.parametrize(
     ("event", "status", "code"),
     [
-        ({"event": "consent_maybe", "call_id": "c1", "at": "2026-11-23T10:00:00+00:00"}, 400, "invalid_event"),
+        (
+            {"event": "consent_maybe", "call_id": "c1", "at": "2026-11-23T10:00:00+00:00"},
+            400,
+            "invalid_event",
+        ),
         ({"event": "consent_granted", "at": "2026-11-23T10:00:00+00:00"}, 400, "invalid_event"),
         ({"event": "consent_granted", "call_id": "c1", "at": "yesterday"}, 400, "invalid_event"),
         ({"event": "consent_granted", "call_id": "c1", "at": "2026-11-23T10:00:00"}, 400, "invalid_event"),
-        ({"event": "consent_granted", "call_id": "c1", "at": "2026-11-23T10:00:00+00:00", "name": "Al"}, 400,
-         "invalid_event"),
-        ({"event": "consent_granted", "call_id": "c1", "at": "2026-11-23T10:00:00+00:00", "basis": "vibes"}, 400,
-         "invalid_tag"),
+        (
+            {"event": "consent_granted", "call_id": "c1", "at": "2026-11-23T10:00:00+00:00", "name": "Al"},
+            400,
+            "invalid_event",
+        ),
+        (
+            {
+                "event": "consent_granted",
+                "call_id": "c1",
+                "at": "2026-11-23T10:00:00+00:00",
+                "basis": "vibes",
+            },
+            400,
+            "invalid_tag",
+        ),
     ],
 )
-async def test_bad_events_are_400_and_change_nothing(client: Any, event: dict[str, Any], status: int,
-                                                     code: str) -> None:
+async def test_bad_events_are_400_and_change_nothing(
+    client: Any, event: dict[str, Any], status: int, code: str
+) -> None:
     resp = await send_event(client, **event)
     assert resp.status == status
     assert (await resp.json())["error"]["code"] == code
@@ -299,9 +360,14 @@ async def test_bad_events_are_400_and_change_nothing(client: Any, event: dict[st
 
 
 async def test_events_need_a_valid_signature_and_repeat_once(client: Any) -> None:
-    body = json.dumps({"event": "announcement_played", "call_id": "c9", "at": "2026-11-23T10:00:00+00:00"}).encode()
-    bad = await client.post("/webhooks/events/acme", data=body,
-                            headers={"Content-Type": "application/json", "Callrec-Signature": sign(body, "nope")})
+    body = json.dumps(
+        {"event": "announcement_played", "call_id": "c9", "at": "2026-11-23T10:00:00+00:00"}
+    ).encode()
+    bad = await client.post(
+        "/webhooks/events/acme",
+        data=body,
+        headers={"Content-Type": "application/json", "Callrec-Signature": sign(body, "nope")},
+    )
     assert bad.status == 403
     first = await client.post("/webhooks/events/acme", data=body, headers={"Callrec-Signature": sign(body)})
     again = await client.post("/webhooks/events/acme", data=body, headers={"Callrec-Signature": sign(body)})

@@ -66,7 +66,7 @@ _PCM_CODECS: Final = {1: "pcm_u8", 2: "pcm_s16le", 3: "pcm_s24le", 4: "pcm_s32le
 # Demuxers ffmpeg may use. Without this list ffmpeg would follow playlists and concat scripts
 # (hls, concat) to other files or URLs named inside a downloaded file, and would "decode" a text
 # page as ANSI art (tty); with it such input is simply not audio.
-_DEMUXERS: Final = "wav,w64,mp3,ogg,flac,mov,matroska,aac,amr"
+DEMUXERS: Final = "wav,w64,mp3,ogg,flac,mov,matroska,aac,amr"
 _FORMAT_ALIASES: Final = {"mov": "mp4", "matroska": "webm"}
 # How far the duration a container declares may exceed the audio actually decoded before the file
 # counts as cut short: encoder delay, padding and start offsets come to a few tens of ms.
@@ -311,7 +311,7 @@ def _decode_command(path: Path, *, max_duration_ms: int | None, output: str) -> 
         "-protocol_whitelist",
         "file",
         "-format_whitelist",
-        _DEMUXERS,
+        DEMUXERS,
         # "file:" stops a name with ":" being read as a protocol or one starting "-" as an option.
         "-i",
         "file:" + os.fspath(path),

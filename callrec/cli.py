@@ -246,7 +246,7 @@ def cmd_jobs_retry(config: Config, args: argparse.Namespace) -> int:
 def cmd_announcements_add(config: Config, args: argparse.Namespace) -> int:
     """Register an announcement prompt so the worker can verify it in recordings."""
     from callrec import audio
-    from callrec.consent.announcement import Prompt
+    from callrec.consent.announcement import Prompt, PromptError
     from callrec.db import announcements, audit
     from callrec.db.pool import create_pool
     from callrec.ingest.tags import parse_tags
@@ -259,7 +259,7 @@ def cmd_announcements_add(config: Config, args: argparse.Namespace) -> int:
     try:
         info = audio.probe_file(args.audio)
         Prompt.from_file(args.audio)
-    except audio.AudioError as exc:
+    except (audio.AudioError, PromptError) as exc:
         return _fail(f"{args.audio}: {exc}")
     data = args.audio.read_bytes()
 

@@ -353,7 +353,7 @@ async def reject_quarantined(request: web.Request) -> web.Response:
             recording_id=rid,
             details={"reason": reason, "stage": "quarantine_review"},
         )
-        await erasure.erase_in_transaction(
+        result = await erasure.erase_in_transaction(
             conn,
             tenant=token.tenant,
             recording_id=rid,
@@ -361,5 +361,7 @@ async def reject_quarantined(request: web.Request) -> web.Response:
             actor=actor(token),
             max_attempts=config.ingest.max_attempts,
         )
+        if result.outcome == "held":
+            raise Conflict("a legal hold covers this recording; it cannot be destroyed", code="legal_hold")
         rec = await _visible(conn, token, rid)
     return web.json_response(recording_json(rec))

@@ -49,7 +49,7 @@ from typing import IO, Final
 import numpy as np
 import numpy.typing as npt
 
-from callrec.audio import _DEMUXERS, AudioError, AudioToolError, configure_ffmpeg
+from callrec.audio import DEMUXERS, AudioError, AudioToolError, configure_ffmpeg
 
 with warnings.catch_warnings():  # pydub warns on import when PATH has no ffmpeg; see callrec.audio
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -358,7 +358,7 @@ def _decode_with_ffmpeg(path: Path, frames: int) -> Samples:
         "-protocol_whitelist",
         "file",
         "-format_whitelist",
-        _DEMUXERS,
+        DEMUXERS,
         "-i",
         "file:" + os.fspath(path),
         "-map",

@@ -675,6 +675,7 @@ async def call_event(request: web.Request) -> web.Response:
     event = parse_call_event(body)
 
     erased: list[str] = []
+    withheld: list[str] = []  # a legal hold keeps them (GDPR Art. 17(3)(e)); they go when it is released
     async with request.app[db_key].acquire() as conn, conn.transaction():
         stored = await events.add_call_event(
             conn,
@@ -696,15 +697,18 @@ async def call_event(request: web.Request) -> web.Response:
         if event["kind"] in ("consent_withdrawn", "consent_declined"):
             # GDPR Art. 7(3) / 17(1)(b): once consent is withdrawn the call's recordings go.
             for rec in await recordings.for_call(conn, tenant=tenant.name, call_id=event["call_id"]):
-                if await erasure.erase_in_transaction(
+                result = await erasure.erase_in_transaction(
                     conn,
                     tenant=tenant.name,
                     recording_id=rec.id,
                     reason=event["kind"],
                     actor="telephony",
                     max_attempts=config.ingest.max_attempts,
-                ):
+                )
+                if result.outcome == "erased":
                     erased.append(str(rec.id))
+                elif result.outcome == "held":
+                    withheld.append(str(rec.id))
         # A recording waiting for late consent events is decided now instead of at the end of its wait.
         await jobs.wake_for_call(conn, tenant=tenant.name, call_id=event["call_id"])
-    return web.json_response({"status": "recorded", "erased": erased}, status=202)
+    return web.json_response({"status": "recorded", "erased": erased, "withheld": withheld}, status=202)

@@ -36,7 +36,7 @@ from aiohttp import web
 from callrec import audio, erasure
 from callrec.appkeys import config_key, db_key, keys_key, store_key
 from callrec.config import TenantConfig
-from callrec.consent.announcement import Prompt, verify_announcement
+from callrec.consent.announcement import Prompt, PromptError, verify_announcement
 from callrec.consent.evidence import Evidence, gather
 from callrec.consent.jurisdiction import ConsentLaws, Jurisdiction, classify, load_consent_laws, locate
 from callrec.consent.policy import Decision, PolicyInput, Reason, decide
@@ -434,7 +434,14 @@ class Worker:
         prompt: Prompt | None = None
         configured = tenant.announcements.get(announcement_id)
         if configured is not None and (version is None or version == configured.version):
-            prompt = await asyncio.to_thread(Prompt.from_file, configured.audio)
+            try:
+                prompt = await asyncio.to_thread(Prompt.from_file, configured.audio)
+            except (OSError, audio.AudioError, PromptError) as exc:
+                # A broken prompt in the config cannot verify anything: the announcement stays
+                # unverified (the policy treats that as not played) and the operator is told.
+                log.error(
+                    "tenant %s: announcement %s prompt is unusable: %s", tenant.name, announcement_id, exc
+                )
         else:
             async with self.pool.acquire() as conn:
                 found = await announcements.get_audio(

@@ -14,6 +14,8 @@ import asyncpg
 from aiohttp import web
 
 from callrec import audio
+from callrec.api import deletions as api_deletions
+from callrec.api import holds as api_holds
 from callrec.api import recordings as api_recordings
 from callrec.appkeys import batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config
@@ -25,6 +27,7 @@ from callrec.ingest.batcher import JobBatcher
 from callrec.ingest.worker import Worker
 from callrec.keyring import TenantKeys
 from callrec.metrics import Metrics, metrics_handler, metrics_key
+from callrec.retention.sweeper import sweep
 from callrec.storage import open_object_store
 from callrec.storage.base import StoreUnavailable
 
@@ -127,6 +130,25 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def run_sweeper(app: web.Application) -> None:
+    """Sweep on an interval until cancelled; a failed sweep is logged and tried again next time."""
+    config = app[config_key]
+    while True:
+        try:
+            await sweep(
+                app[db_key],
+                app[store_key],
+                tenants=list(config.tenants),
+                max_attempts=config.ingest.max_attempts,
+                batch=config.retention.sweep_batch,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sweep failed; trying again at the next interval")
+        await asyncio.sleep(config.retention.sweep_interval.total_seconds())
+
+
 def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     # The metrics middleware is outermost so that it sees the status the error middleware chose.
     app = web.Application(middlewares=[metrics_middleware, errors_middleware], client_max_size=1024 * 1024)
@@ -150,6 +172,18 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
             await app[db_key].close()
             await app[store_key].close()
 
+    async def sweeper(app: web.Application) -> AsyncIterator[None]:
+        task = (
+            asyncio.create_task(run_sweeper(app)) if run_workers and config.retention.sweep_in_serve else None
+        )
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     async def workers(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60),
@@ -169,6 +203,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     # The worker uses the pool and store, so its context must start after theirs.
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(workers)
+    app.cleanup_ctx.append(sweeper)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -183,4 +218,13 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.router.add_post("/api/v1/recordings/{id}/approve", api_recordings.approve_quarantined)
     app.router.add_post("/api/v1/recordings/{id}/reject", api_recordings.reject_quarantined)
     app.router.add_post("/webhooks/events/{tenant}", webhooks.call_event)
+    app.router.add_post("/api/v1/legal-holds", api_holds.create_hold)
+    app.router.add_post("/api/v1/legal-holds/preview", api_holds.preview_hold)
+    app.router.add_get("/api/v1/legal-holds", api_holds.list_holds)
+    app.router.add_get("/api/v1/legal-holds/{id}", api_holds.get_hold)
+    app.router.add_post("/api/v1/legal-holds/{id}/release", api_holds.release_hold)
+    app.router.add_post("/api/v1/deletion-requests", api_deletions.create_request)
+    app.router.add_get("/api/v1/deletion-requests", api_deletions.list_requests)
+    app.router.add_get("/api/v1/deletion-requests/{id}", api_deletions.get_request)
+    app.router.add_get("/api/v1/deletion-requests/{id}/certificate", api_deletions.certificate)
     return app

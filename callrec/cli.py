@@ -79,6 +79,37 @@ def cmd_worker(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(config: Config, args: argparse.Namespace) -> int:
+    """Destroy recordings past their expiry that no legal hold covers (what `serve` does on a timer)."""
+    from callrec.db.pool import create_pool
+    from callrec.retention.sweeper import sweep
+    from callrec.storage import open_object_store
+
+    async def run() -> dict[str, object]:
+        pool = await create_pool(config)
+        store = open_object_store(config.storage, root=config.storage_path)
+        try:
+            report = await sweep(
+                pool,
+                store,
+                tenants=list(config.tenants),
+                max_attempts=config.ingest.max_attempts,
+                batch=config.retention.sweep_batch,
+                dry_run=args.dry_run,
+            )
+            return report.as_json()
+        finally:
+            await store.close()
+            await pool.close()
+
+    report = asyncio.run(run())
+    if args.dry_run:
+        print(f"would destroy {report['expired']} expired recordings; {report['held']} expired but held")
+    else:
+        print(json.dumps(report))
+    return 0
+
+
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from callrec.db.migrate import migrate
     from callrec.db.pool import connect
@@ -340,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("worker", help="run ingest workers only").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sweep_p = sub.add_parser("sweep", help="destroy expired recordings that no legal hold covers")
+    sweep_p.add_argument(
+        "--dry-run", action="store_true", help="count what would be destroyed; change nothing"
+    )
+    sweep_p.set_defaults(func=cmd_sweep)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create an API token and print it once")

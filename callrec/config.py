@@ -100,6 +100,13 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    sweep_interval: timedelta = timedelta(minutes=5)  # how often `serve` sweeps (0 is not allowed)
+    sweep_batch: int = 500  # recordings destroyed per transaction
+    sweep_in_serve: bool = True  # run the sweeper inside `callrec serve`
+
+
+@dataclass(frozen=True)
 class AnnouncementConfig:
     """A registered announcement prompt: ``[tenants.<t>.announcements.<id>]``."""
 
@@ -125,6 +132,11 @@ class TenantConfig:
     plivo_auth_id: str = ""
     plivo_auth_token: str = ""
     plivo_api_base: str = "https://api.plivo.com"
+    # Hosts deletion-request callback_urls may point at (no SSRF: nothing else is ever called).
+    callback_hosts: tuple[str, ...] = ()
+    # How long a deletion request may take: GDPR Art. 12(3) one month; CCPA 45 days.
+    deletion_due: timedelta = timedelta(days=30)
+    deletion_due_ccpa: timedelta = timedelta(days=45)
     # [tenants.<t>.policy]: the consent policy (callrec.consent.policy.PolicyConfig); always set
     # by the loader. Typed loosely here because the policy module itself imports this one.
     policy: Any = None
@@ -139,6 +151,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     tenants: Mapping[str, TenantConfig] = field(
         default_factory=lambda: {DEFAULT_TENANT: _tenant(DEFAULT_TENANT, {})}
     )
@@ -169,6 +182,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "storage": StorageConfig,
     "keys": KeysConfig,
     "ingest": IngestConfig,
+    "retention": RetentionConfig,
 }
 _CHOICES = {
     "storage.backend": ("filesystem", "s3"),

@@ -14,6 +14,10 @@ SCOPES = {
     "recordings:read": "list and read recording metadata",
     "recordings:listen": "stream decrypted recording audio (audited)",
     "quarantine:review": "see, play, approve and reject quarantined recordings (the privacy role)",
+    "holds:read": "read legal holds and what they cover",
+    "holds:write": "place and release legal holds (the legal role)",
+    "deletions:read": "read deletion requests, their outcomes and certificates",
+    "deletions:write": "make deletion requests (GDPR Art. 17, CCPA)",
     "jobs:admin": "list and retry dead ingest jobs",
 }
 

@@ -17,7 +17,7 @@ from callrec.api.auth import InsufficientScope, actor, authenticate
 from callrec.appkeys import config_key, db_key, keys_key, store_key
 from callrec.consent.retention import retention_for
 from callrec.crypto import envelope
-from callrec.db import Conn, audit, recordings
+from callrec.db import Conn, audit, holds, recordings
 from callrec.db.tokens import ApiToken
 from callrec.errors import BadRequest, Conflict, NotFound, RangeNotSatisfiable
 from callrec.ingest.webhooks import normalise_e164
@@ -36,7 +36,12 @@ def mask_phone(e164: str) -> str:
     return e164[:3] + "•" * (len(e164) - 5) + e164[-2:]
 
 
-def recording_json(rec: recordings.Recording, *, parties: dict[str, str] | None = None) -> dict[str, Any]:
+def recording_json(
+    rec: recordings.Recording,
+    *,
+    parties: dict[str, str] | None = None,
+    holds_on: list[tuple[uuid.UUID, str]] | None = None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": str(rec.id),
         "tenant": rec.tenant,
@@ -63,6 +68,7 @@ def recording_json(rec: recordings.Recording, *, parties: dict[str, str] | None 
         "redactions": rec.redactions,
         "destroyed_at": _iso(rec.destroyed_at),
         "destroy_reason": rec.destroy_reason,
+        "holds": [{"id": str(hold_id), "matter": matter} for hold_id, matter in holds_on or []],
     }
     if parties is not None:
         body["parties"] = parties
@@ -156,6 +162,9 @@ async def list_recordings(request: web.Request) -> web.Response:
                 conn, tenant=token.tenant, filters=filters, after=after, limit=limit + 1
             )
             shown = rows[:limit]
+            on_hold = await holds.active_for_recordings(
+                conn, tenant=token.tenant, recording_ids=[r.id for r in shown]
+            )
             # Listing is a look at metadata: one entry per page, naming what was shown.
             await audit.record(
                 conn,
@@ -170,7 +179,7 @@ async def list_recordings(request: web.Request) -> web.Response:
             )
     return web.json_response(
         {
-            "items": [recording_json(r) for r in shown],
+            "items": [recording_json(r, holds_on=on_hold.get(r.id)) for r in shown],
             "next_cursor": _encode_cursor(shown[-1]) if len(rows) > limit else None,
         }
     )
@@ -189,11 +198,12 @@ async def get_recording(request: web.Request) -> web.Response:
             action=audit.AuditAction.RECORDING_VIEWED,
             recording_id=rec.id,
         )
+        on_hold = await holds.active_for_recordings(conn, tenant=token.tenant, recording_ids=[rec.id])
     parties = {}
     for role, sealed in (("from", rec.from_sealed), ("to", rec.to_sealed)):
         if sealed:
             parties[role] = mask_phone(await keys.open_phone(rec.tenant, str(rec.id), role, sealed))
-    return web.json_response(recording_json(rec, parties=parties))
+    return web.json_response(recording_json(rec, parties=parties, holds_on=on_hold.get(rec.id)))
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

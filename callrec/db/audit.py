@@ -34,6 +34,14 @@ class AuditAction(StrEnum):
     RECORDING_DESTROYED = "recording:destroyed"
     OBJECT_DELETED = "object:deleted"
     CALL_EVENT = "call:event"
+    HOLD_PLACED = "hold:placed"
+    HOLD_RELEASED = "hold:released"
+    DELETION_REQUESTED = "deletion:requested"
+    DELETION_STATUS = "deletion:status"
+    RECORDING_RESTRICTED = "recording:restricted"
+    RECORDING_UNRESTRICTED = "recording:unrestricted"
+    ACCESS_REQUESTED = "access:requested"
+    ACCESS_DOWNLOADED = "access:downloaded"
     ANNOUNCEMENT_ADDED = "announcement:added"
     INGEST_FAILED = "ingest:failed"
     INGEST_RETRIED = "ingest:retried"
@@ -189,3 +197,30 @@ async def verify(conn: Conn, *, batch: int = 5000) -> VerifyResult:
     if not head and count:
         problems.append("chain head is missing")
     return VerifyResult(ok=not problems, entries=count, head_seq=head_seq, problems=problems)
+
+
+async def entries_by_seq(conn: Conn, seqs: list[int]) -> list[AuditEntry]:
+    rows = await conn.fetch(
+        """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash
+           FROM audit_log WHERE seq = ANY($1::bigint[]) ORDER BY seq""",
+        seqs,
+    )
+    return [
+        AuditEntry(
+            r["seq"],
+            r["at"],
+            r["tenant"],
+            r["actor"],
+            r["action"],
+            r["recording_id"],
+            json.loads(r["details"]),
+            bytes(r["prev_hash"]),
+            bytes(r["hash"]),
+        )
+        for r in rows
+    ]
+
+
+async def head(conn: Conn) -> tuple[int, bytes] | None:
+    row = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id")
+    return (int(row["seq"]), bytes(row["hash"])) if row else None

@@ -137,3 +137,20 @@ async def count_covered(conn: Conn, scope: Hold) -> int:
             scope.scope_agent,
         )
     )
+
+
+async def active_for_recordings(
+    conn: Conn, *, tenant: str, recording_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[uuid.UUID, str]]]:
+    """recording id -> [(hold id, matter)] of the active holds covering it."""
+    rows = await conn.fetch(
+        """SELECT r.id AS recording_id, h.id AS hold_id, h.matter FROM recordings r
+           JOIN legal_holds h ON h.tenant = r.tenant AND h.released_at IS NULL AND hold_covers(h, r)
+           WHERE r.tenant = $1 AND r.id = ANY($2::uuid[]) ORDER BY h.created_at""",
+        tenant,
+        recording_ids,
+    )
+    out: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
+    for r in rows:
+        out.setdefault(r["recording_id"], []).append((r["hold_id"], r["matter"]))
+    return out

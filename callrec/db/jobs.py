@@ -10,6 +10,7 @@ operator retries it. ``pg_notify`` on enqueue wakes idle workers at commit time.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -262,3 +263,15 @@ async def enqueue_many(conn: Conn, items: list[NewJob]) -> list[tuple[int, bool]
         else:
             results.append((created.get(key) or existing[key], False))
     return results
+
+
+async def finish_object_deletions(conn: Conn, *, keys: list[str]) -> dict[str, uuid.UUID | None]:
+    """Mark queued ``object.delete`` jobs for these keys done (their objects were deleted inline);
+    returns key -> recording id for the jobs finished here (a worker may have taken some)."""
+    rows = await conn.fetch(
+        """UPDATE jobs SET state = 'done', updated_at = now(), result = '{"inline": true}'
+           WHERE kind = 'object.delete' AND dedupe_key = ANY($1::text[]) AND state = 'queued'
+           RETURNING dedupe_key, payload->>'recording_id' AS recording_id""",
+        keys,
+    )
+    return {r["dedupe_key"]: uuid.UUID(r["recording_id"]) if r["recording_id"] else None for r in rows}

@@ -194,3 +194,32 @@ async def for_call(conn: Conn, *, tenant: str, call_id: str) -> list[Recording]:
         call_id,
     )
     return [_recording(r) for r in rows]
+
+
+async def expired_batch(conn: Conn, *, now: datetime, limit: int) -> list[tuple[str, uuid.UUID]]:
+    """(tenant, id) of live recordings past their expiry that no active hold covers, locked for
+    this transaction; rows other sweepers hold are skipped, so sweepers share the work."""
+    rows = await conn.fetch(
+        """SELECT r.tenant, r.id FROM recordings r
+           WHERE r.state IN ('stored', 'quarantined') AND r.expires_at <= $1
+             AND NOT EXISTS (SELECT 1 FROM legal_holds h
+                             WHERE h.tenant = r.tenant AND h.released_at IS NULL AND hold_covers(h, r))
+           ORDER BY r.expires_at
+           LIMIT $2
+           FOR UPDATE OF r SKIP LOCKED""",
+        now,
+        limit,
+    )
+    return [(r["tenant"], r["id"]) for r in rows]
+
+
+async def expired_but_held(conn: Conn, *, now: datetime) -> int:
+    return int(
+        await conn.fetchval(
+            """SELECT count(*) FROM recordings r
+               WHERE r.state IN ('stored', 'quarantined') AND r.expires_at <= $1
+                 AND EXISTS (SELECT 1 FROM legal_holds h
+                             WHERE h.tenant = r.tenant AND h.released_at IS NULL AND hold_covers(h, r))""",
+            now,
+        )
+    )

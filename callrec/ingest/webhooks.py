@@ -600,6 +600,13 @@ _EVENT_KEYS = {
 }
 
 
+def sign_body(secret: str, body: bytes, *, now: int | None = None) -> str:
+    """``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``: how callrec signs what it sends."""
+    timestamp = int(time.time()) if now is None else now
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
 def verify_callrec_signature(header: str, body: bytes, secret: str) -> None:
     """``Callrec-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`` (several v1 allowed,
     so a secret can be rotated); raises Forbidden when missing, stale or wrong."""

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -42,7 +43,7 @@ from callrec.consent.jurisdiction import ConsentLaws, Jurisdiction, classify, lo
 from callrec.consent.policy import Decision, PolicyInput, Reason, decide
 from callrec.consent.redaction import RedactionError, Span, merge, redact_file, spans_from_events
 from callrec.crypto import envelope
-from callrec.db import Conn, announcements, audit, events, jobs, recordings
+from callrec.db import Conn, announcements, audit, deletions, events, holds, jobs, recordings
 from callrec.errors import CallrecError
 from callrec.ingest.media import MediaError, check_media_url, download
 from callrec.ingest.remote import PROVIDERS
@@ -53,11 +54,14 @@ from callrec.ingest.webhooks import (
     INGEST_UPLOAD,
     INGEST_VONAGE,
     seal_and_store,
+    sign_body,
     spool_dir,
 )
 from callrec.metrics import metrics_key
+from callrec.retention import service
 
 log = logging.getLogger(__name__)
+DELETION_OUTCOMES = ("deleted", "withheld_legal_hold", "already_deleted")
 
 DELETE_PROVIDER_COPY = "provider.delete_copy"
 WORKER_ACTOR = "system:worker"
@@ -91,6 +95,9 @@ class Worker:
             INGEST_UPLOAD: self._ingest_upload,
             DELETE_PROVIDER_COPY: self._delete_provider_copy,
             erasure.DELETE_OBJECT: self._delete_object,
+            service.DELETION_PROCESS: self._process_deletion,
+            service.DELETION_CALLBACK: self._deletion_callback,
+            service.HOLD_SYNC: self._sync_hold,
         }
         self._laws: dict[str, ConsentLaws] = {}
         self._prompts: dict[tuple[str, str, str], Prompt | None] = {}
@@ -621,6 +628,78 @@ class Worker:
                 details={"versions": removed},
             )
 
+    async def _process_deletion(self, job: jobs.Job, tenant: TenantConfig) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await jobs.complete(conn, job.id, worker_id=self.id):
+                raise LeaseLost
+            await service.process_request(
+                conn,
+                tenant=tenant.name,
+                request_id=uuid.UUID(job.payload["request_id"]),
+                actor="system:deletions",
+                max_attempts=self.config.ingest.max_attempts,
+            )
+
+    async def _deletion_callback(self, job: jobs.Job, tenant: TenantConfig) -> None:
+        """POST the request's new status to its callback_url, signed like our own webhooks."""
+        async with self.pool.acquire() as conn:
+            req = await deletions.get(
+                conn, tenant=tenant.name, request_id=uuid.UUID(job.payload["request_id"])
+            )
+            outcomes = await deletions.outcomes(conn, request_id=req.id) if req else []
+        if req is None or not req.callback_url:
+            raise PermanentError("the deletion request or its callback_url is gone")
+        url = check_media_url(req.callback_url, tenant.callback_hosts)
+        counts = {k: sum(1 for o in outcomes if o.outcome == k) for k in DELETION_OUTCOMES}
+        body = json.dumps(
+            {
+                "id": str(req.id),
+                "status": job.payload["status"],
+                "external_ref": req.external_ref,
+                "received_at": req.received_at.isoformat(),
+                "due_at": req.due_at.isoformat(),
+                "completed_at": req.completed_at.isoformat() if req.completed_at else None,
+                "outcomes": counts,
+            }
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Callrec-Signature": sign_body(tenant.webhook_secret, body),
+        }
+        async with self.http.post(
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
+        ) as resp:
+            if not 200 <= resp.status < 300:
+                raise MediaError(f"the deletion callback answered HTTP {resp.status}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await jobs.complete(conn, job.id, worker_id=self.id):
+                raise LeaseLost
+
+    async def _sync_hold(self, job: jobs.Job, tenant: TenantConfig) -> None:
+        """Mirror legal holds onto S3 Object Lock: a version is locked while any active hold covers
+        its recording, unlocked when none does. A store without Object Lock has nothing to do."""
+        store = self.app[store_key]
+        if await store.supports_legal_hold():
+            async with self.pool.acquire() as conn:
+                if job.payload.get("recording_id"):
+                    ids = [uuid.UUID(job.payload["recording_id"])]
+                else:
+                    ids = await holds.covered_recording_ids(
+                        conn, tenant=tenant.name, hold_id=uuid.UUID(job.payload["hold_id"])
+                    )
+                targets = []
+                for rid in ids:
+                    rec = await recordings.get(conn, tenant=tenant.name, recording_id=rid)
+                    if rec is None or rec.object_key is None:
+                        continue
+                    held = bool(await holds.active_covering(conn, tenant=tenant.name, recording_id=rid))
+                    targets.append((rec.object_key, rec.object_version, held))
+            for key, version, held in targets:
+                await store.set_legal_hold(key, version_id=version, on=held)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await jobs.complete(conn, job.id, worker_id=self.id):
+                raise LeaseLost
+
     # --- shared steps ---------------------------------------------------------------------
 
     async def _get_json(
@@ -729,6 +808,25 @@ class Worker:
                     )
                     if rec.provider in PROVIDERS and tenant.delete_provider_copy:
                         await self._queue_provider_copy_deletion(conn, intake)
+                    # A subject with an open deletion request: decided at once, never readable.
+                    await service.apply_open_requests(
+                        conn,
+                        tenant=tenant.name,
+                        recording_id=rec.id,
+                        call_id=rec.call_id,
+                        hashes=[h for h in (rec.from_hash, rec.to_hash) if h],
+                        max_attempts=self.config.ingest.max_attempts,
+                    )
+                    # Holds placed before this recording arrived cover it too; mirror them to the store.
+                    for hold in await holds.active_covering(conn, tenant=tenant.name, recording_id=rec.id):
+                        await jobs.enqueue(
+                            conn,
+                            tenant=tenant.name,
+                            kind=service.HOLD_SYNC,
+                            dedupe_key=f"{hold.id}:{rec.id}",
+                            payload={"hold_id": str(hold.id), "recording_id": str(rec.id)},
+                            max_attempts=self.config.ingest.max_attempts,
+                        )
                     if superseded_object:  # the upload's unredacted original
                         await jobs.enqueue(
                             conn,

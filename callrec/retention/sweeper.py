@@ -1,0 +1,134 @@
+"""The retention sweeper: destroys every recording past ``expires_at`` that no legal hold covers.
+
+Batched and idempotent. Each batch is one transaction that locks its rows with ``SKIP LOCKED``
+(several sweepers share the work without waiting on each other) and, per recording, checks the
+holds and destroys the wrapped key, sealed numbers and hashes, leaving a tombstone and an audit
+entry (:mod:`callrec.erasure`). After the commit the sweeper deletes the object versions itself;
+the ``object.delete`` jobs queued in the same transaction are the durable fallback if the store
+fails or the process dies half way, so a crash at any point is resumed, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+
+from callrec import erasure
+from callrec.db import audit, jobs, recordings
+from callrec.retention import service
+from callrec.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
+SWEEPER_ACTOR = "system:sweeper"
+
+
+@dataclass
+class SweepReport:
+    expired: int = 0
+    destroyed: int = 0
+    objects_deleted: int = 0
+    object_deletions_deferred: int = 0
+    held: int = 0
+    withheld_released: int = 0
+    tenants: set[str] = field(default_factory=set)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "expired": self.expired,
+            "destroyed": self.destroyed,
+            "objects_deleted": self.objects_deleted,
+            "object_deletions_deferred": self.object_deletions_deferred,
+            "held": self.held,
+            "withheld_released": self.withheld_released,
+        }
+
+
+async def sweep(
+    pool: asyncpg.Pool,
+    store: ObjectStore,
+    *,
+    tenants: list[str],
+    max_attempts: int,
+    batch: int = 500,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    max_batches: int | None = None,
+) -> SweepReport:
+    """Run until nothing expired and unheld is left (or ``max_batches``)."""
+    now = now or datetime.now(UTC)
+    report = SweepReport()
+    async with pool.acquire() as conn:
+        report.held = await recordings.expired_but_held(conn, now=now)
+    if dry_run:
+        async with pool.acquire() as conn, conn.transaction():
+            report.expired = len(await recordings.expired_batch(conn, now=now, limit=1_000_000))
+        return report
+
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        batches += 1
+        erased: list[tuple[str, str]] = []  # (tenant, object key)
+        async with pool.acquire() as conn, conn.transaction():
+            due = await recordings.expired_batch(conn, now=now, limit=batch)
+            for tenant, recording_id in due:
+                result = await erasure.erase_in_transaction(
+                    conn,
+                    tenant=tenant,
+                    recording_id=recording_id,
+                    reason="retention_expired",
+                    actor=SWEEPER_ACTOR,
+                    max_attempts=max_attempts,
+                )
+                if result.outcome == "erased":
+                    report.destroyed += 1
+                    report.tenants.add(tenant)
+                    if result.object_key:
+                        erased.append((tenant, result.object_key))
+        report.expired += len(due)
+        if erased:
+            await _delete_objects(pool, store, erased, report)
+        if len(due) < batch:
+            break
+
+    # Deletions that were waiting on holds released since the last sweep.
+    for tenant in tenants:
+        async with pool.acquire() as conn, conn.transaction():
+            released = await service.resolve_withheld(
+                conn, tenant=tenant, actor=SWEEPER_ACTOR, max_attempts=max_attempts
+            )
+        report.withheld_released += len(released)
+    log.info("sweep: %s", report.as_json())
+    return report
+
+
+async def _delete_objects(
+    pool: asyncpg.Pool, store: ObjectStore, erased: list[tuple[str, str]], report: SweepReport
+) -> None:
+    """Delete the erased recordings' objects now; on failure the queued jobs retry later."""
+    done: list[tuple[str, str, int]] = []
+    for tenant, key in erased:
+        try:
+            versions = await store.delete_all_versions(key)
+        except Exception:
+            log.warning("sweep: object deletion deferred to its job", exc_info=True)
+            report.object_deletions_deferred += 1
+            continue
+        done.append((tenant, key, versions))
+        report.objects_deleted += 1
+    if not done:
+        return
+    async with pool.acquire() as conn, conn.transaction():
+        finished = await jobs.finish_object_deletions(conn, keys=[key for _, key, _ in done])
+        for tenant, key, versions in done:
+            if key in finished:
+                await audit.record(
+                    conn,
+                    tenant=tenant,
+                    actor=SWEEPER_ACTOR,
+                    action=audit.AuditAction.OBJECT_DELETED,
+                    recording_id=finished[key],
+                    details={"versions": versions},
+                )

@@ -9,7 +9,9 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -108,6 +110,38 @@ def cmd_sweep(config: Config, args: argparse.Namespace) -> int:
     else:
         print(json.dumps(report))
     return 0
+
+
+def cmd_storage_check(config: Config, args: argparse.Namespace) -> int:
+    """What the bucket has against what callrec needs (versioning, Object Lock, lifecycle
+    backstop, default encryption, public access block); --apply sets what is missing."""
+    from callrec.storage import StoreUnavailable, open_object_store
+    from callrec.storage.check import apply_fixes, check_bucket
+    from callrec.storage.s3 import S3ObjectStore
+
+    store = open_object_store(config.storage, root=config.storage_path)
+    if not isinstance(store, S3ObjectStore):
+        return _fail("storage check is for the s3 backend (the filesystem store needs no bucket settings)")
+    retention = max(t.retention for t in config.tenants.values())
+
+    async def run() -> list[Any]:
+        try:
+            findings = await check_bucket(store, retention=retention)
+            if args.apply:
+                chosen = [f for f in findings if not (args.no_object_lock and f.name == "object-lock")]
+                findings = await apply_fixes(store, chosen, retention=retention, margin=timedelta(days=7))
+            return findings
+        finally:
+            await store.close()
+
+    try:
+        findings = asyncio.run(run())
+    except StoreUnavailable as exc:
+        return _fail(f"the bucket cannot be reached: {exc}", 3)
+    for f in findings:
+        fixable = "  [fixable: --apply]" if f.fixable and f.status != "ok" else ""
+        print(f"{f.status:<8} {f.name:<28} {f.detail}{fixable}")
+    return 0 if all(f.status == "ok" for f in findings) else 1
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
@@ -376,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="count what would be destroyed; change nothing"
     )
     sweep_p.set_defaults(func=cmd_sweep)
+    storage_p = sub.add_parser("storage", help="the object store").add_subparsers(
+        dest="storage_command", required=True
+    )
+    check_p = storage_p.add_parser("check", help="compare the S3 bucket's settings with what callrec needs")
+    check_p.add_argument("--apply", action="store_true", help="set what is missing")
+    check_p.add_argument(
+        "--no-object-lock",
+        action="store_true",
+        help="with --apply: do not enable Object Lock (it cannot be undone)",
+    )
+    check_p.set_defaults(func=cmd_storage_check)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create an API token and print it once")

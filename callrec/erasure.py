@@ -22,8 +22,20 @@ import uuid
 from dataclasses import dataclass
 
 from callrec.db import Conn, audit, holds, jobs, recordings
+from callrec.storage.base import ObjectLocked, ObjectStore
 
 DELETE_OBJECT = "object.delete"
+
+
+async def delete_erased_object(store: ObjectStore, key: str) -> int:
+    """Delete every version of an erased recording's object. Called only after its tombstone has
+    committed, so no active hold covers it: an S3 Object Lock legal hold still on a version is a
+    mirror not yet updated (its hold was just released) and is lifted first."""
+    try:
+        return await store.delete_all_versions(key)
+    except ObjectLocked:
+        await store.set_legal_hold(key, version_id=None, on=False)
+        return await store.delete_all_versions(key)
 
 
 async def lock_for_erasure(conn: Conn, tenant: str) -> None:

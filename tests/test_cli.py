@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,33 @@ def test_announcements_add_refuses_bad_input(
     ]
     assert main(["announcements", "add", *argv, "--tenant", "acme"]) != 0
     assert message in capsys.readouterr().err
+
+
+def test_storage_check_reports_and_applies(
+    env: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import boto3
+
+    bucket = f"callrec-check-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    for name, value in {
+        "BACKEND": "s3",
+        "BUCKET": bucket,
+        "ENDPOINT_URL": moto_endpoint,
+        "REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(f"CALLREC_STORAGE__{name}", value)
+    assert main(["storage", "check"]) == 1
+    out = capsys.readouterr().out
+    assert "missing" in out and "lifecycle-delete-markers" in out and "[fixable: --apply]" in out
+    assert main(["storage", "check", "--apply"]) == 0
+    assert all(line.startswith("ok") for line in capsys.readouterr().out.splitlines())
+    assert main(["storage", "check"]) == 0
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert any(r.get("Expiration", {}).get("ExpiredObjectDeleteMarker") for r in rules)
+
+
+def test_storage_check_is_for_s3_only(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["storage", "check"]) == 2
+    assert "s3 backend" in capsys.readouterr().err

@@ -615,7 +615,7 @@ class Worker:
 
     async def _delete_object(self, job: jobs.Job, tenant: TenantConfig) -> None:
         """Every version of an erased or superseded object (a delete marker is not deletion)."""
-        removed = await self.app[store_key].delete_all_versions(job.payload["object_key"])
+        removed = await erasure.delete_erased_object(self.app[store_key], job.payload["object_key"])
         async with self.pool.acquire() as conn, conn.transaction():
             if not await jobs.complete(conn, job.id, worker_id=self.id, result={"versions": removed}):
                 raise LeaseLost

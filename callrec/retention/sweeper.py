@@ -111,7 +111,7 @@ async def _delete_objects(
     done: list[tuple[str, str, int]] = []
     for tenant, key in erased:
         try:
-            versions = await store.delete_all_versions(key)
+            versions = await erasure.delete_erased_object(store, key)
         except Exception:
             log.warning("sweep: object deletion deferred to its job", exc_info=True)
             report.object_deletions_deferred += 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from callrec.config import StorageConfig
 from callrec.storage.base import (
+    ObjectLocked,
     ObjectNotFound,
     ObjectStore,
     StoredObject,
@@ -18,6 +19,7 @@ from callrec.storage.filesystem import FilesystemObjectStore
 
 __all__ = [
     "FilesystemObjectStore",
+    "ObjectLocked",
     "ObjectNotFound",
     "ObjectStore",
     "StoreError",

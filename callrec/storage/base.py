@@ -10,6 +10,9 @@ Vendor errors are translated at this boundary, so callers only ever see:
 - :class:`ObjectNotFound` — the key (or that version of it) does not exist;
 - :class:`StoreUnavailable` — the store cannot be reached or used right now (endpoint down,
   credentials wrong, bucket missing, disk full); the caller keeps its job and retries later;
+- :class:`ObjectLocked` — S3 Object Lock (a legal hold or a retention period) protects the
+  version(s) being deleted; nothing locked was deleted and retrying will not help until the
+  lock is released;
 - :class:`StoreError` — anything else the store refused (its base class);
 - :class:`ValueError` — the caller passed a key that is not valid (a programming error).
 """
@@ -54,6 +57,19 @@ class StoreError(Exception):
 class StoreUnavailable(StoreError):
     """The store cannot be used right now (endpoint down, credentials wrong, bucket missing,
     disk full). Nothing was lost; the caller should retry later."""
+
+
+class ObjectLocked(StoreError):
+    """S3 Object Lock protects the object version(s): a legal hold, or a retention period that has
+    not ended. Nothing locked was deleted (other versions named in the same request may have
+    been). ``version_ids`` are the locked versions of ``key``. Retrying will not help until the
+    hold is released; see https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-lock.html.
+    """
+
+    def __init__(self, message: str, *, key: str, version_ids: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.key = key
+        self.version_ids = version_ids
 
 
 class ObjectNotFound(FileNotFoundError):
@@ -101,17 +117,44 @@ class ObjectStore(Protocol):
     async def delete(self, key: str, *, version_id: str | None = None) -> None:
         """Permanently delete one version: ``version_id``, or when it is None the current
         object. Never leaves a delete marker in its place. Older versions are untouched; use
-        :meth:`delete_all_versions` to erase a key. Raises :class:`ObjectNotFound`."""
+        :meth:`delete_all_versions` to erase a key. Raises :class:`ObjectNotFound`, and
+        :class:`ObjectLocked` when Object Lock protects the version."""
         ...
 
     async def delete_all_versions(self, key: str) -> int:
         """Erase every version and delete marker of exactly ``key`` and return how many were
         removed (0 when there was nothing). This is what destroying a recording means: a
-        delete marker alone leaves the data readable."""
+        delete marker alone leaves the data readable. Raises :class:`ObjectLocked` when Object
+        Lock protects some versions: those are kept, the others are deleted."""
         ...
 
     async def list_versions(self, key: str) -> list[StoredObject]:
         """The stored versions of exactly ``key``, newest first; ``[]`` when there are none."""
+        ...
+
+    # Legal holds (rule 1 in DESIGN.md). The database is the authority on holds in every
+    # deployment; where the bucket has S3 Object Lock, each hold is also mirrored as an Object
+    # Lock legal hold on every version of the recording, so that S3 itself refuses to delete
+    # it (by hand, by lifecycle rule, or by a bug in callrec).
+    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-lock.html#object-lock-legal-holds
+
+    async def supports_legal_hold(self) -> bool:
+        """Whether the store itself can hold objects: True on an S3 bucket with Object Lock
+        enabled. When False, :meth:`set_legal_hold` does nothing and holds are enforced by the
+        database alone."""
+        ...
+
+    async def set_legal_hold(self, key: str, *, version_id: str | None, on: bool) -> None:
+        """Place (``on``) or release an Object Lock legal hold on ``version_id`` of ``key``, or
+        on every version of it when ``version_id`` is None. Idempotent. Raises
+        :class:`ObjectNotFound` when the key (or that version) does not exist, and
+        :class:`StoreError` when the store supports holds but refused."""
+        ...
+
+    async def legal_hold(self, key: str, *, version_id: str | None) -> bool:
+        """Whether ``version_id`` of ``key`` is under an Object Lock legal hold, or, when
+        ``version_id`` is None, whether any version of it is. False where holds are not
+        supported. Raises :class:`ObjectNotFound`."""
         ...
 
     async def check(self) -> None:

@@ -8,6 +8,10 @@ Writes are atomic and durable: the data goes to a temporary file in the destinat
 is flushed and fsynced, renamed over the final name with :func:`os.replace` (atomic on POSIX),
 and the directory is fsynced so that the rename itself survives a power cut. A crash leaves at
 worst a stray ``.<name>.*.tmp`` file, which no key can name.
+
+A directory has no equivalent of S3 Object Lock: legal holds on this store are enforced by the
+database alone (the sweeper and the deletion paths never delete a held recording), so the
+legal-hold methods answer "not supported" and do nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +82,18 @@ class FilesystemObjectStore:
             return [StoredObject(key=key, version_id=None, size=st.st_size)]
 
         return await run_blocking(self._executor, stat_target)
+
+    async def supports_legal_hold(self) -> bool:
+        return False
+
+    async def set_legal_hold(self, key: str, *, version_id: str | None, on: bool) -> None:
+        """Nothing to do: holds on this store live in the database only. The key is still
+        validated, so that a bad caller fails here as it would on S3."""
+        self._path(key, version_id)
+
+    async def legal_hold(self, key: str, *, version_id: str | None) -> bool:
+        self._path(key, version_id)
+        return False
 
     async def check(self) -> None:
         await run_blocking(self._executor, self._check)

@@ -12,6 +12,12 @@ The VersionId of an upload is taken from the response of the request that create
 
 Objects carry ``Content-Type: application/octet-stream`` and nothing else: no user metadata,
 because object metadata is readable by anyone who can list or head the bucket (rule 3).
+
+On a bucket with Object Lock, legal holds are mirrored onto object versions
+(:meth:`S3ObjectStore.set_legal_hold`) and S3 refuses to delete a held version. S3 answers that
+refusal with the same ``AccessDenied`` (403) as a missing permission; :meth:`S3ObjectStore._is_locked`
+tells the two apart so that callers get :class:`~callrec.storage.base.ObjectLocked`, not
+:class:`~callrec.storage.base.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -33,6 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from callrec.config import StorageConfig
 from callrec.storage import base
 from callrec.storage.base import (
+    ObjectLocked,
     ObjectNotFound,
     StoredObject,
     StoreError,
@@ -46,6 +54,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _MIB = 1024 * 1024
 # S3 multipart limits: parts of at least 5 MiB (except the last), at most 10,000 parts.
@@ -98,6 +108,15 @@ _UNAVAILABLE = frozenset(
 )
 
 
+# GetObjectLockConfiguration on a bucket without Object Lock; NotImplemented from S3-compatible
+# servers that have no Object Lock at all.
+_NO_OBJECT_LOCK = frozenset({"ObjectLockConfigurationNotFoundError", "NotImplemented"})
+# GetObjectLegalHold on a version that never had a hold (AWS; moto answers an empty LegalHold).
+_NO_LEGAL_HOLD = frozenset({"NoSuchObjectLockConfiguration"})
+# S3 refuses to delete a locked version with the same code as a missing permission.
+_ACCESS_DENIED = frozenset({"AccessDenied", "403"})
+
+
 @dataclass(frozen=True)
 class _Entry:
     """One row of ListObjectVersions for our key: a version or a delete marker."""
@@ -146,10 +165,28 @@ class S3ObjectStore:
                 self._sse["SSEKMSKeyId"] = storage.sse_kms_key_id
         self._lock = threading.Lock()
         self._s3: S3Client | None = None
+        # Object Lock cannot be turned off once enabled, so a True answer is kept; False is
+        # asked again, because an operator may enable it on the live bucket.
+        self._object_lock = False
 
     @property
     def bucket(self) -> str:
         return self._bucket
+
+    @property
+    def prefix(self) -> str:
+        """What every object key of this store starts with (``storage.prefix``)."""
+        return self._prefix
+
+    @property
+    def storage(self) -> StorageConfig:
+        return self._storage
+
+    async def run_with_client(self, func: Callable[[S3Client], _T]) -> _T:
+        """Run ``func`` with the boto3 client in the store's thread pool. For bucket
+        administration (:mod:`callrec.storage.check`), which reads S3's error codes itself;
+        object operations go through the methods, which translate errors."""
+        return await run_blocking(self._executor, lambda: func(self._client()))
 
     # --- ObjectStore -----------------------------------------------------------------------
 
@@ -180,6 +217,19 @@ class S3ObjectStore:
             ]
 
         return await run_blocking(self._executor, versions)
+
+    async def supports_legal_hold(self) -> bool:
+        if self._object_lock:
+            return True
+        return await run_blocking(self._executor, self._supports_legal_hold)
+
+    async def set_legal_hold(self, key: str, *, version_id: str | None, on: bool) -> None:
+        full_key = self._full_key(key)
+        await run_blocking(self._executor, lambda: self._set_legal_hold(key, full_key, version_id, on))
+
+    async def legal_hold(self, key: str, *, version_id: str | None) -> bool:
+        full_key = self._full_key(key)
+        return await run_blocking(self._executor, lambda: self._legal_hold(key, full_key, version_id))
 
     async def check(self) -> None:
         def head_bucket() -> None:
@@ -353,8 +403,18 @@ class S3ObjectStore:
             version_id = current.version_id
         elif not any(e.version_id == version_id for e in entries):
             raise ObjectNotFound(f"no object {key!r} version {version_id!r} in bucket {self._bucket!r}")
-        with self._errors("DeleteObject", key=key):
+        try:
             self._client().delete_object(Bucket=self._bucket, Key=full_key, VersionId=version_id)
+        except ClientError as exc:
+            if _code(exc) in _ACCESS_DENIED and self._is_locked(full_key, version_id, _message(exc)):
+                raise ObjectLocked(
+                    f"S3 Object Lock protects {key!r} version {version_id!r} in bucket {self._bucket!r}",
+                    key=key,
+                    version_ids=(version_id,),
+                ) from None
+            self._raise(exc, "DeleteObject", key=key)
+        except BotoCoreError as exc:
+            self._raise(exc, "DeleteObject", key=key)
 
     def _delete_all(self, key: str, full_key: str) -> int:
         client = self._client()
@@ -363,6 +423,7 @@ class S3ObjectStore:
             ids = [e.version_id for e in self._list(full_key)]
             if not ids:
                 return total
+            locked: list[str] = []
             for start in range(0, len(ids), _DELETE_BATCH):
                 batch: list[ObjectIdentifierTypeDef] = [
                     {"Key": full_key, "VersionId": v} for v in ids[start : start + _DELETE_BATCH]
@@ -372,15 +433,128 @@ class S3ObjectStore:
                         Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True}
                     )
                 errors = response.get("Errors", [])
-                if errors:
-                    # Typically AccessDenied from an Object Lock legal hold or retention period.
-                    codes = sorted({e.get("Code", "?") for e in errors})
+                other = [e for e in errors if e.get("Code", "") not in _ACCESS_DENIED]
+                if other:
+                    codes = sorted({e.get("Code", "?") for e in other})
                     raise StoreError(
-                        f"S3 refused to delete {len(errors)} version(s) of {key!r} "
+                        f"S3 refused to delete {len(other)} version(s) of {key!r} "
                         f"in bucket {self._bucket!r}: {', '.join(codes)}"
                     )
-                total += len(batch)
+                if not errors:
+                    total += len(batch)
+                    continue
+                # Only denials are left: Object Lock, or a missing permission. S3 names the
+                # version of each error; moto does not, so the versions this batch left behind
+                # are found by listing again.
+                asked = {entry["VersionId"] for entry in batch}
+                left = [e.version_id for e in self._list(full_key) if e.version_id in asked]
+                said = {e["VersionId"]: e.get("Message", "") for e in errors if "VersionId" in e}
+                messages = {e.get("Message", "") for e in errors}
+                shared = messages.pop() if len(messages) == 1 else ""
+                for version_id in left:
+                    if not self._is_locked(full_key, version_id, said.get(version_id, shared)):
+                        raise StoreUnavailable(
+                            f"S3 bucket {self._bucket!r} unavailable during DeleteObjects: AccessDenied"
+                        )
+                    locked.append(version_id)
+                total += len(batch) - len(left)
+            if locked:
+                # The unlocked versions of this round are gone; the locked ones stay until
+                # their hold is released, so listing again would only find them again.
+                raise ObjectLocked(
+                    f"S3 Object Lock protects {len(locked)} version(s) of {key!r} in bucket "
+                    f"{self._bucket!r}; {total} other version(s) and delete marker(s) were deleted",
+                    key=key,
+                    version_ids=tuple(locked),
+                )
         raise StoreError(f"versions of {key!r} in bucket {self._bucket!r} kept reappearing while erasing")
+
+    def _supports_legal_hold(self) -> bool:
+        try:
+            response = self._client().get_object_lock_configuration(Bucket=self._bucket)
+        except ClientError as exc:
+            if _code(exc) in _NO_OBJECT_LOCK:
+                return False
+            self._raise(exc, "GetObjectLockConfiguration", bucket_op=True)
+        except BotoCoreError as exc:
+            self._raise(exc, "GetObjectLockConfiguration", bucket_op=True)
+        enabled = response.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        if enabled:
+            self._object_lock = True
+        return enabled
+
+    def _versions_for_hold(self, key: str, full_key: str, version_id: str | None) -> list[str]:
+        """The version ids a legal-hold call applies to. Checked against the listing first:
+        delete markers cannot carry a hold, and moto answers PutObjectLegalHold on a missing
+        key or version with a 500 (which the client would retry) instead of S3's 404."""
+        ids = [e.version_id for e in self._list(full_key) if not e.is_delete_marker]
+        if version_id is None:
+            if not ids:
+                raise ObjectNotFound(f"no object {key!r} in bucket {self._bucket!r}")
+            return ids
+        if version_id not in ids:
+            raise ObjectNotFound(f"no object {key!r} version {version_id!r} in bucket {self._bucket!r}")
+        return [version_id]
+
+    def _set_legal_hold(self, key: str, full_key: str, version_id: str | None, on: bool) -> None:
+        client = self._client()
+        for version in self._versions_for_hold(key, full_key, version_id):
+            try:
+                client.put_object_legal_hold(
+                    Bucket=self._bucket,
+                    Key=full_key,
+                    VersionId=version,
+                    LegalHold={"Status": "ON" if on else "OFF"},
+                )
+            except ClientError as exc:
+                if _code(exc) == "InvalidRequest":
+                    # S3's answer when the bucket has no Object Lock configuration.
+                    raise StoreError(
+                        f"S3 PutObjectLegalHold on bucket {self._bucket!r} failed: InvalidRequest "
+                        "(legal holds need Object Lock enabled on the bucket)"
+                    ) from None
+                self._raise(exc, "PutObjectLegalHold", key=key, version_id=version)
+            except BotoCoreError as exc:
+                self._raise(exc, "PutObjectLegalHold", key=key, version_id=version)
+
+    def _legal_hold(self, key: str, full_key: str, version_id: str | None) -> bool:
+        client = self._client()
+        for version in self._versions_for_hold(key, full_key, version_id):
+            try:
+                response = client.get_object_legal_hold(Bucket=self._bucket, Key=full_key, VersionId=version)
+            except ClientError as exc:
+                # No hold was ever placed on this version, or (InvalidRequest) the bucket has no
+                # Object Lock, where nothing can be held.
+                if _code(exc) in _NO_LEGAL_HOLD or _code(exc) == "InvalidRequest":
+                    continue
+                self._raise(exc, "GetObjectLegalHold", key=key, version_id=version)
+            except BotoCoreError as exc:
+                self._raise(exc, "GetObjectLegalHold", key=key, version_id=version)
+            if response.get("LegalHold", {}).get("Status") == "ON":
+                return True
+        return False
+
+    def _is_locked(self, full_key: str, version_id: str, message: str) -> bool:
+        """Whether S3's AccessDenied for deleting ``version_id`` is Object Lock protecting it,
+        rather than credentials lacking a permission: S3 answers both with the same code.
+
+        First the message: S3 and moto say "... protected by object lock" in DeleteObjects
+        errors. (The message is only matched, never logged or shown.) When it says nothing
+        (moto's DeleteObject answers a bare "Access Denied"), a HeadObject of the version
+        tells: a legal hold ON, or a retention date still in the future. HeadObject reports
+        these only to credentials with s3:GetObjectLegalHold and s3:GetObjectRetention; without
+        them, or when the HEAD fails, the refusal stays a permissions problem
+        (StoreUnavailable). Either way nothing was deleted."""
+        if "object lock" in message.lower():
+            return True
+        try:
+            head = self._client().head_object(Bucket=self._bucket, Key=full_key, VersionId=version_id)
+        except (ClientError, BotoCoreError):
+            return False
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return True
+        until = head.get("ObjectLockRetainUntilDate")
+        return until is not None and until > datetime.now(UTC)
 
     def _list(self, full_key: str) -> list[_Entry]:
         """Every version of exactly ``full_key``, newest first, then its delete markers.
@@ -468,6 +642,10 @@ class S3ObjectStore:
         if code in _UNAVAILABLE or code.startswith("KMS."):
             raise StoreUnavailable(f"S3 bucket {bucket} unavailable during {operation}: {code}") from None
         raise StoreError(f"S3 {operation} on bucket {self._bucket!r} failed: {code}") from None
+
+
+def _message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", ""))
 
 
 def _code(exc: ClientError) -> str:

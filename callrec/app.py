@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from callrec import audio
+from callrec.api import access as api_access
 from callrec.api import deletions as api_deletions
 from callrec.api import holds as api_holds
 from callrec.api import recordings as api_recordings
@@ -223,6 +224,10 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.router.add_get("/api/v1/legal-holds", api_holds.list_holds)
     app.router.add_get("/api/v1/legal-holds/{id}", api_holds.get_hold)
     app.router.add_post("/api/v1/legal-holds/{id}/release", api_holds.release_hold)
+    app.router.add_post("/api/v1/recordings/{id}/restrict", api_recordings.restrict)
+    app.router.add_post("/api/v1/recordings/{id}/unrestrict", api_recordings.unrestrict)
+    app.router.add_post("/api/v1/access-requests", api_access.create_access_request)
+    app.router.add_get("/api/v1/access-requests/{id}/download", api_access.download)
     app.router.add_post("/api/v1/deletion-requests", api_deletions.create_request)
     app.router.add_get("/api/v1/deletion-requests", api_deletions.list_requests)
     app.router.add_get("/api/v1/deletion-requests/{id}", api_deletions.get_request)

@@ -18,6 +18,9 @@ SCOPES = {
     "holds:write": "place and release legal holds (the legal role)",
     "deletions:read": "read deletion requests, their outcomes and certificates",
     "deletions:write": "make deletion requests (GDPR Art. 17, CCPA)",
+    "restrictions:write": "restrict and unrestrict recordings (GDPR Art. 18)",
+    "restricted:read": "open restricted recordings (the privacy and legal roles)",
+    "access:write": "make subject access requests (GDPR Art. 15/20): a ZIP of a subject's recordings",
     "jobs:admin": "list and retry dead ingest jobs",
 }
 

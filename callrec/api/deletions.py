@@ -32,7 +32,7 @@ ERASURE_METHOD = (
 )
 
 
-async def _subject(request: web.Request, tenant: str, raw: object) -> dict[str, Any]:
+async def parse_subject(request: web.Request, tenant: str, raw: object) -> dict[str, Any]:
     if not isinstance(raw, dict) or len(raw) != 1:
         raise BadRequest(
             'subject must be exactly one of {"phone": "+..."}, {"call_id": "..."}, {"recording_ids": [...]}',
@@ -109,7 +109,7 @@ async def create_request(request: web.Request) -> web.Response:
     unknown = sorted(set(body) - {"subject", "reason", "external_ref", "callback_url", "law"})
     if unknown:
         raise BadRequest(f"unknown keys: {', '.join(unknown)}", code="invalid_body")
-    subject = await _subject(request, token.tenant, body.get("subject"))
+    subject = await parse_subject(request, token.tenant, body.get("subject"))
     law = body.get("law", "gdpr")
     if law not in ("gdpr", "ccpa"):
         raise BadRequest("law must be gdpr or ccpa", code="invalid_body")

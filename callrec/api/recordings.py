@@ -14,6 +14,7 @@ from aiohttp import web
 
 from callrec import audio, erasure
 from callrec.api.auth import InsufficientScope, actor, authenticate
+from callrec.api.body import json_object, required_str
 from callrec.appkeys import config_key, db_key, keys_key, store_key
 from callrec.consent.retention import retention_for
 from callrec.crypto import envelope
@@ -69,6 +70,7 @@ def recording_json(
         "destroyed_at": _iso(rec.destroyed_at),
         "destroy_reason": rec.destroy_reason,
         "holds": [{"id": str(hold_id), "matter": matter} for hold_id, matter in holds_on or []],
+        "restricted": rec.restricted,
     }
     if parties is not None:
         body["parties"] = parties
@@ -118,6 +120,9 @@ async def _visible(conn: Conn, token: ApiToken, rid: uuid.UUID) -> recordings.Re
     rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
     if rec is None or rec.state not in visible_states(token):
         raise NotFound("no such recording")
+    # GDPR Art. 18: a restricted recording is kept, but only the privacy and legal roles open it.
+    if rec.restricted and "restricted:read" not in token.scopes:
+        raise NotFound("no such recording")
     return rec
 
 
@@ -156,6 +161,7 @@ async def list_recordings(request: web.Request) -> web.Response:
             phone_hash=phone_hash,
             agent=request.query.get("agent"),
             states=(state,),
+            include_restricted="restricted:read" in token.scopes,
         )
         async with conn.transaction():
             rows = await recordings.page(
@@ -307,14 +313,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
 
 async def _review_body(request: web.Request) -> str:
     """The reviewer's reason: required, short, recorded in the audit entry."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("send a JSON body with a 'reason'", code="invalid_body") from None
-    reason = body.get("reason") if isinstance(body, dict) else None
-    if not isinstance(reason, str) or not 3 <= len(reason.strip()) <= 500:
-        raise BadRequest("'reason' must be 3 to 500 characters", code="invalid_body")
-    return reason.strip()
+    return required_str(await json_object(request), "reason", max_length=500)
 
 
 async def approve_quarantined(request: web.Request) -> web.Response:
@@ -375,3 +374,38 @@ async def reject_quarantined(request: web.Request) -> web.Response:
             raise Conflict("a legal hold covers this recording; it cannot be destroyed", code="legal_hold")
         rec = await _visible(conn, token, rid)
     return web.json_response(recording_json(rec))
+
+
+async def _set_restriction(request: web.Request, *, restricted: bool) -> web.Response:
+    token = await authenticate(request, "restrictions:write")
+    rid = _recording_id(request)
+    reason = required_str(await json_object(request), "reason", max_length=500)
+    async with request.app[db_key].acquire() as conn, conn.transaction():
+        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
+        if rec is None or rec.state not in ("stored", "quarantined"):
+            raise NotFound("no such recording")
+        if await recordings.set_restricted(
+            conn, tenant=token.tenant, recording_id=rid, restricted=restricted
+        ):
+            await audit.record(
+                conn,
+                tenant=token.tenant,
+                actor=actor(token),
+                action=audit.AuditAction.RECORDING_RESTRICTED
+                if restricted
+                else audit.AuditAction.RECORDING_UNRESTRICTED,
+                recording_id=rid,
+                details={"reason": reason},
+            )
+        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
+    assert rec is not None
+    return web.json_response(recording_json(rec))
+
+
+async def restrict(request: web.Request) -> web.Response:
+    """GDPR Art. 18: keep the recording but let only the privacy and legal roles open it."""
+    return await _set_restriction(request, restricted=True)
+
+
+async def unrestrict(request: web.Request) -> web.Response:
+    return await _set_restriction(request, restricted=False)

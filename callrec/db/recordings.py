@@ -50,6 +50,7 @@ class Recording:
     redactions: list[dict[str, int]] = field(default_factory=list)
     destroyed_at: datetime | None = None
     destroy_reason: str | None = None
+    restricted: bool = False
 
 
 _JSON_FIELDS = ("announcement", "consent", "tags", "source", "jurisdiction", "policy", "redactions")
@@ -110,6 +111,7 @@ class RecordingFilter:
     phone_hash: bytes | None = None
     agent: str | None = None
     states: tuple[str, ...] = ("stored",)
+    include_restricted: bool = False
 
 
 async def page(
@@ -130,6 +132,7 @@ async def page(
               AND ($5::bytea IS NULL OR from_hash = $5 OR to_hash = $5)
               AND ($6::text IS NULL OR agent = $6)
               AND state = ANY($7::text[])
+              AND ($11 OR NOT restricted)
               AND ($8::timestamptz IS NULL OR (stored_at, id) < ($8, $9::uuid))
             ORDER BY stored_at DESC, id DESC
             LIMIT $10""",
@@ -143,6 +146,7 @@ async def page(
         after[0] if after else None,
         after[1] if after else None,
         limit,
+        filters.include_restricted,
     )
     return [_recording(r) for r in rows]
 
@@ -185,6 +189,41 @@ async def release_from_quarantine(
         json.dumps(policy),
     )
     return status.endswith(" 1")
+
+
+async def set_restricted(conn: Conn, *, tenant: str, recording_id: uuid.UUID, restricted: bool) -> bool:
+    status = await conn.execute(
+        """UPDATE recordings SET restricted = $3
+           WHERE tenant = $1 AND id = $2 AND restricted <> $3 AND state IN ('stored', 'quarantined')""",
+        tenant,
+        recording_id,
+        restricted,
+    )
+    return status.endswith(" 1")
+
+
+async def for_subject(
+    conn: Conn,
+    *,
+    tenant: str,
+    phone_hash: bytes | None,
+    call_id: str | None,
+    recording_ids: list[uuid.UUID] | None,
+) -> list[Recording]:
+    """Live recordings (audio still held) that a data subject's request names."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM recordings
+            WHERE tenant = $1 AND state IN ('stored', 'quarantined')
+              AND (($2::bytea IS NOT NULL AND (from_hash = $2 OR to_hash = $2))
+                   OR ($3::text IS NOT NULL AND call_id = $3)
+                   OR ($4::uuid[] IS NOT NULL AND id = ANY($4::uuid[])))
+            ORDER BY stored_at""",
+        tenant,
+        phone_hash,
+        call_id,
+        recording_ids,
+    )
+    return [_recording(r) for r in rows]
 
 
 async def for_call(conn: Conn, *, tenant: str, call_id: str) -> list[Recording]:

@@ -144,6 +144,73 @@ def cmd_storage_check(config: Config, args: argparse.Namespace) -> int:
     return 0 if all(f.status == "ok" for f in findings) else 1
 
 
+def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
+    """A staff account for the portal. MFA is required: the otpauth:// URI is printed while
+    enrolment is pending, so a script can enrol the account; the portal shows it as a QR code."""
+    import re
+    import uuid
+
+    from callrec.crypto import envelope
+    from callrec.crypto.keys import open_key_provider
+    from callrec.db import audit, staff
+    from callrec.db.pool import create_pool
+    from callrec.portal import accounts
+
+    tenant = _tenant(config, args.tenant)
+    email = args.email.strip().lower()
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email) or len(email) > 254:
+        return _fail(f"{args.email!r} is not an e-mail address")
+    if args.role not in accounts.ROLES:
+        return _fail(f"unknown role {args.role!r}; roles: {', '.join(accounts.ROLES)}")
+    generated = not args.password_stdin
+    password = accounts.new_password() if generated else sys.stdin.readline().rstrip("\n")
+    try:
+        password_hash = accounts.hash_password(password)
+    except accounts.WeakPassword as exc:
+        return _fail(str(exc))
+    provider = open_key_provider(config.keys, keyring_path=config.keyring_path)
+    provider.ensure_tenant(tenant)
+    user_id = uuid.uuid4()
+    secret = accounts.new_totp_secret()
+    sealed = envelope.seal(
+        provider.kek(tenant), secret.encode(), context=accounts.totp_context(tenant, user_id)
+    )
+
+    async def run() -> bool:
+        pool = await create_pool(config)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                user = await staff.create(
+                    conn,
+                    user_id=user_id,
+                    tenant=tenant,
+                    email=email,
+                    role=args.role,
+                    password_hash=password_hash,
+                    totp_sealed=sealed,
+                )
+                if user is None:
+                    return False
+                await audit.record(
+                    conn,
+                    tenant=tenant,
+                    actor="cli",
+                    action=audit.AuditAction.USER_ADDED,
+                    details={"user_id": str(user_id), "role": args.role},
+                )
+            return True
+        finally:
+            await pool.close()
+
+    if not asyncio.run(run()):
+        return _fail(f"{email} has an account already", 1)
+    print(f"user {user_id} ({args.role}, tenant {tenant})")
+    if generated:
+        print(f"password: {password}")
+    print(f"MFA pending: {accounts.provisioning_uri(secret, email=email, tenant=tenant)}")
+    return 0
+
+
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from callrec.db.migrate import migrate
     from callrec.db.pool import connect
@@ -440,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True
     )
     audit_p.add_parser("verify", help="check the hash chain end to end").set_defaults(func=cmd_audit_verify)
+
+    user = sub.add_parser("user", help="staff accounts for the portal").add_subparsers(
+        dest="user_command", required=True
+    )
+    user_add = user.add_parser("add", help="create a staff account (prints the MFA enrolment URI)")
+    user_add.add_argument("email")
+    user_add.add_argument(
+        "--role", required=True, help="support, supervisor, privacy, legal, auditor or admin"
+    )
+    user_add.add_argument("--tenant")
+    user_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    user_add.set_defaults(func=cmd_user_add)
 
     ann = sub.add_parser("announcements", help="announcement prompts verified in recordings").add_subparsers(
         dest="announcements_command", required=True

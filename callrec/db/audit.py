@@ -49,6 +49,12 @@ class AuditAction(StrEnum):
     PROVIDER_COPY_DELETED = "provider:copy-deleted"
     TOKEN_CREATED = "token:created"
     KEYS_ROTATED = "keys:rotated"
+    USER_ADDED = "user:added"
+    USER_LOGIN = "user:login"
+    USER_LOGIN_FAILED = "user:login-failed"
+    USER_LOCKED = "user:locked"
+    USER_MFA_ENROLLED = "user:mfa-enrolled"
+    USER_LOGOUT = "user:logout"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""Staff accounts and portal sessions."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from callrec.db import Conn
+
+
+@dataclass(frozen=True)
+class StaffUser:
+    id: uuid.UUID
+    tenant: str
+    email: str
+    role: str
+    password_hash: str
+    totp_sealed: bytes
+    mfa_enrolled_at: datetime | None
+    recovery_hashes: list[str]
+    failed_logins: int
+    locked_until: datetime | None
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+_FIELDS = tuple(StaffUser.__dataclass_fields__)
+_COLUMNS = ", ".join(_FIELDS)
+
+
+def _user(row: asyncpg.Record) -> StaffUser:
+    values = dict(row)
+    values["totp_sealed"] = bytes(values["totp_sealed"])
+    values["recovery_hashes"] = list(values["recovery_hashes"])
+    return StaffUser(**values)
+
+
+async def create(
+    conn: Conn,
+    *,
+    user_id: uuid.UUID,
+    tenant: str,
+    email: str,
+    role: str,
+    password_hash: str,
+    totp_sealed: bytes,
+) -> StaffUser | None:
+    """None when the e-mail address has an account already."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO staff_users (id, tenant, email, role, password_hash, totp_sealed)
+            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING RETURNING {_COLUMNS}""",
+        user_id,
+        tenant,
+        email,
+        role,
+        password_hash,
+        totp_sealed,
+    )
+    return _user(row) if row else None
+
+
+async def by_email(conn: Conn, email: str) -> StaffUser | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM staff_users WHERE email = $1", email)
+    return _user(row) if row else None
+
+
+async def by_id(conn: Conn, user_id: uuid.UUID) -> StaffUser | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM staff_users WHERE id = $1", user_id)
+    return _user(row) if row else None
+
+
+async def record_failure(
+    conn: Conn, user_id: uuid.UUID, *, failed: int, locked_until: datetime | None
+) -> None:
+    await conn.execute(
+        "UPDATE staff_users SET failed_logins = $2, locked_until = $3 WHERE id = $1",
+        user_id,
+        failed,
+        locked_until,
+    )
+
+
+async def record_success(conn: Conn, user_id: uuid.UUID, *, password_hash: str | None = None) -> None:
+    await conn.execute(
+        """UPDATE staff_users SET failed_logins = 0, locked_until = NULL,
+                  password_hash = coalesce($2, password_hash) WHERE id = $1""",
+        user_id,
+        password_hash,
+    )
+
+
+async def enrol_mfa(conn: Conn, user_id: uuid.UUID, *, recovery_hashes: list[str]) -> None:
+    await conn.execute(
+        "UPDATE staff_users SET mfa_enrolled_at = now(), recovery_hashes = $2 WHERE id = $1",
+        user_id,
+        recovery_hashes,
+    )
+
+
+async def set_recovery_hashes(conn: Conn, user_id: uuid.UUID, hashes: list[str]) -> None:
+    await conn.execute("UPDATE staff_users SET recovery_hashes = $2 WHERE id = $1", user_id, hashes)

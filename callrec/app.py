@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import aiohttp_jinja2
 import asyncpg
 from aiohttp import web
 
@@ -28,6 +29,8 @@ from callrec.ingest.batcher import JobBatcher
 from callrec.ingest.worker import Worker
 from callrec.keyring import TenantKeys
 from callrec.metrics import Metrics, metrics_handler, metrics_key
+from callrec.portal.routes import setup_portal
+from callrec.portal.sessions import portal_middleware, session_key
 from callrec.retention.sweeper import sweep
 from callrec.storage import open_object_store
 from callrec.storage.base import StoreUnavailable
@@ -80,10 +83,18 @@ async def errors_middleware(
     try:
         response = await handler(request)
     except CallrecError as exc:
+        if request.path.startswith("/portal"):
+            return portal_error(request, exc.status, exc.message)
         response = web.json_response(error_body(exc.code, exc.message), status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if request.path.startswith("/portal"):
+            return portal_error(
+                request,
+                exc.status,
+                exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason,
+            )
         response = web.json_response(
             error_body(exc.reason.lower().replace(" ", "_"), exc.reason),
             status=exc.status,
@@ -91,6 +102,8 @@ async def errors_middleware(
         )
     except UNAVAILABLE:
         log.warning("request %s: a dependency is unavailable", rid, exc_info=True)
+        if request.path.startswith("/portal"):
+            return portal_error(request, 503, "A backing service is unavailable. Try again in a minute.")
         response = web.json_response(
             error_body("unavailable", "a backing service is unavailable; nothing was accepted, retry later"),
             status=503,
@@ -100,12 +113,30 @@ async def errors_middleware(
         raise
     except Exception:
         log.exception("request %s failed", rid)
+        if request.path.startswith("/portal"):
+            return portal_error(request, 500, f"Something went wrong on our side (request id {rid}).")
         response = web.json_response(error_body("internal", f"internal error (request id {rid})"), status=500)
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def portal_error(request: web.Request, status: int, message: str) -> web.Response:
+    """Portal errors are pages, not JSON: the same words, for a person."""
+    titles = {400: "That did not work", 403: "Not for your role", 404: "Not found", 413: "Too large"}
+    return aiohttp_jinja2.render_template(
+        "error.html",
+        request,
+        {
+            "title": titles.get(status, "Something went wrong"),
+            "message": message,
+            "session": request.get(session_key),
+            "csrf_token": "",
+        },
+        status=status,
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -152,7 +183,11 @@ async def run_sweeper(app: web.Application) -> None:
 
 def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     # The metrics middleware is outermost so that it sees the status the error middleware chose.
-    app = web.Application(middlewares=[metrics_middleware, errors_middleware], client_max_size=1024 * 1024)
+    app = web.Application(
+        # The portal middleware wraps the error middleware so that error pages get its security headers.
+        middlewares=[metrics_middleware, portal_middleware, errors_middleware],
+        client_max_size=1024 * 1024,
+    )
     app[config_key] = config
     app[metrics_key] = Metrics()
 
@@ -206,6 +241,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.cleanup_ctx.append(workers)
     app.cleanup_ctx.append(sweeper)
 
+    setup_portal(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

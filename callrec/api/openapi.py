@@ -22,12 +22,6 @@ MAX_PAGE: Final = 200  # callrec.api.recordings.MAX_PAGE
 MAX_SCOPE_ITEMS: Final = 10_000  # callrec.api.holds.MAX_SCOPE_ITEMS
 MAX_RECORDING_IDS: Final = 1000  # callrec.api.deletions.MAX_RECORDING_IDS
 
-# Scopes that routes being added use before they reach callrec.api.auth.SCOPES.
-_EXTRA_SCOPES: Final = {
-    "restrictions:write": "restrict and unrestrict recordings (GDPR Art. 18; the privacy and legal roles)",
-    "access:write": "make subject access and portability requests (GDPR Art. 15/20)",
-}
-
 Schema = dict[str, Any]
 
 
@@ -123,15 +117,15 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "policy": {"type": "object", "description": "the policy decision that kept (or refused) it"},
             "redactions": {
                 "type": "array",
-                "items": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "description": "spans of audio silenced before storage (milliseconds)",
+                "items": _object({"start_ms": {"type": "integer"}, "end_ms": {"type": "integer"}}),
+                "description": "spans of audio silenced before storage (card numbers read out), in ms",
             },
             "destroyed_at": _nullable(TIME),
             "destroy_reason": _nullable({"type": "string"}),
             "holds": {"type": "array", "items": _HOLD_REF, "description": "the active legal holds on it"},
             "restricted": {
                 "type": "boolean",
-                "description": "GDPR Art. 18: kept, but only the privacy and legal roles may open it",
+                "description": "GDPR Art. 18: kept, but only tokens with restricted:read see or open it",
             },
             "parties": _object(
                 {"from": {"type": "string"}, "to": {"type": "string"}},
@@ -166,6 +160,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "destroyed_at",
             "destroy_reason",
             "holds",
+            "restricted",
         ],
         description="A recording's metadata. No phone number appears, except masked in `parties`.",
     ),
@@ -178,7 +173,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         }
     ),
     "Reason": _object(
-        {"reason": {**TEXT, "minLength": 3, "maxLength": 500}},
+        {"reason": {**TEXT, "minLength": 1, "maxLength": 500}},
         description="Why: required, recorded in the audit entry.",
     ),
     "HoldScope": _object(
@@ -422,7 +417,11 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "AccessRequest": _object(
         {
             "id": UUID,
-            "recordings": {"type": "array", "items": UUID},
+            "recordings": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "how many recordings the ZIP holds",
+            },
             "download_url": {
                 "type": "string",
                 "description": "short-lived link to the ZIP (decrypted audio and a metadata JSON); "
@@ -541,7 +540,8 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
             "List recordings, newest first",
             scope="recordings:read",
             description="Keyset-paginated. Each page is an audit entry naming the recordings shown. "
-            "Unknown query parameters are a 400.",
+            "Unknown query parameters are a 400. Restricted recordings are listed only for tokens with "
+            "restricted:read.",
             parameters=[
                 _query("call_id", {"type": "string"}, "the provider's call id"),
                 _query("from", TIME, "stored at or after (ISO 8601 with a UTC offset)"),
@@ -571,7 +571,8 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
             "recordings",
             "Read a recording's metadata",
             scope="recordings:read",
-            description="Audited. Quarantined recordings are visible to the quarantine:review scope only.",
+            description="Audited. Quarantined recordings are visible to the quarantine:review scope only, "
+            "restricted ones to the restricted:read scope only (to others they are a 404).",
             ok=_ok("The recording.", "Recording"),
             errors=(404,),
         ),
@@ -593,6 +594,12 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
                     "required": False,
                     "description": "one byte range such as `bytes=0-1023` or `bytes=-4096`",
                     "schema": {"type": "string"},
+                    "examples": {
+                        "head": {"summary": "the first KiB", "value": "bytes=0-1023"},
+                        "tail": {"summary": "the last 4 KiB", "value": "bytes=-4096"},
+                        "from": {"summary": "from byte 1,000,000 to the end", "value": "bytes=1000000-"},
+                        "past the end": {"summary": "answered 416", "value": "bytes=999999999-"},
+                    },
                 }
             ],
             ok={
@@ -620,7 +627,9 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
 }
 
 
-def _recording_action(operation_id: str, summary: str, scope: str, description: str) -> dict[str, Any]:
+def _recording_action(
+    operation_id: str, summary: str, scope: str, description: str, *, conflict: bool
+) -> dict[str, Any]:
     return {
         "parameters": [_path_id("recording")],
         "post": _op(
@@ -631,7 +640,7 @@ def _recording_action(operation_id: str, summary: str, scope: str, description: 
             description=description,
             body="Reason",
             ok=_ok("The recording after the change.", "Recording"),
-            errors=(400, 404, 409, 413),
+            errors=(400, 404, 409, 413) if conflict else (400, 404, 413),
         ),
     }
 
@@ -644,6 +653,7 @@ PATHS.update(
             "quarantine:review",
             "The privacy reviewer keeps it: it becomes stored with the normal retention. "
             "409 when it is not quarantined.",
+            conflict=True,
         ),
         "/api/v1/recordings/{id}/reject": _recording_action(
             "rejectQuarantinedRecording",
@@ -651,18 +661,23 @@ PATHS.update(
             "quarantine:review",
             "The privacy reviewer refuses it: it is destroyed and a tombstone remains. 409 when it is not "
             "quarantined, or (code `legal_hold`) when a legal hold covers it.",
+            conflict=True,
         ),
         "/api/v1/recordings/{id}/restrict": _recording_action(
             "restrictRecording",
             "Restrict processing of a recording (GDPR Art. 18)",
             "restrictions:write",
-            "The recording is kept, but only the privacy and legal roles may open it.",
+            "The recording is kept, but only tokens with the restricted:read scope (the privacy and legal "
+            "roles) see or open it; to others it is a 404. Idempotent. Stored and quarantined recordings "
+            "only.",
+            conflict=False,
         ),
         "/api/v1/recordings/{id}/unrestrict": _recording_action(
             "unrestrictRecording",
             "Lift a restriction",
             "restrictions:write",
-            "The recording is open again to everyone whose scopes allow it.",
+            "The recording is open again to everyone whose scopes allow it. Idempotent.",
+            conflict=False,
         ),
         "/api/v1/legal-holds": {
             "post": _op(
@@ -809,7 +824,8 @@ PATHS.update(
                 "access-requests",
                 "Download an access request's ZIP",
                 scope=None,
-                description="No bearer token: the link's `token` authorises it, until `expires_at`. Audited.",
+                description="No bearer token: the link's `token` authorises it, until `expires_at`. Audited. "
+                "An unknown id, a wrong token and an expired link are all 404 `link_invalid`.",
                 parameters=[
                     {
                         "name": "token",
@@ -829,7 +845,7 @@ PATHS.update(
                         },
                     }
                 },
-                errors=(400, 403, 404),
+                errors=(404,),
             ),
         },
     }
@@ -842,7 +858,7 @@ def _security_description() -> str:
         "The token fixes the tenant. Scopes:",
         "",
     ]
-    lines += [f"- `{name}`: {text}" for name, text in sorted({**_EXTRA_SCOPES, **SCOPES}.items())]
+    lines += [f"- `{name}`: {text}" for name, text in sorted(SCOPES.items())]
     return "\n".join(lines)
 
 

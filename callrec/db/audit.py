@@ -28,6 +28,7 @@ class AuditAction(StrEnum):
     RECORDING_VIEWED = "recording:viewed"
     RECORDING_LISTED = "recording:listed"
     RECORDING_PLAYED = "recording:played"
+    RECORDING_ACCESS_REASON = "recording:access-reason"
     RECORDING_REJECTED = "recording:rejected"
     RECORDING_QUARANTINED = "recording:quarantined"
     RECORDING_APPROVED = "recording:approved"

@@ -112,6 +112,10 @@ class RecordingFilter:
     agent: str | None = None
     states: tuple[str, ...] = ("stored",)
     include_restricted: bool = False
+    consent_status: str | None = None
+    announcement_verified: bool | None = None
+    held: bool | None = None
+    expires_before: datetime | None = None
 
 
 async def page(
@@ -133,6 +137,14 @@ async def page(
               AND ($6::text IS NULL OR agent = $6)
               AND state = ANY($7::text[])
               AND ($11 OR NOT restricted)
+              AND ($12::text IS NULL OR consent->>'status' = $12)
+              AND ($13::boolean IS NULL OR coalesce((announcement->>'verified')::boolean, false) = $13)
+              AND ($14::timestamptz IS NULL OR expires_at < $14)
+              AND ($15::boolean IS NULL OR EXISTS (
+                       SELECT 1 FROM legal_holds h
+                       WHERE h.tenant = recordings.tenant AND h.released_at IS NULL
+                         AND hold_covers(h, recordings)
+                   ) = $15)
               AND ($8::timestamptz IS NULL OR (stored_at, id) < ($8, $9::uuid))
             ORDER BY stored_at DESC, id DESC
             LIMIT $10""",
@@ -147,6 +159,10 @@ async def page(
         after[1] if after else None,
         limit,
         filters.include_restricted,
+        filters.consent_status,
+        filters.announcement_verified,
+        filters.expires_before,
+        filters.held,
     )
     return [_recording(r) for r in rows]
 

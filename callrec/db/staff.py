@@ -102,3 +102,24 @@ async def enrol_mfa(conn: Conn, user_id: uuid.UUID, *, recovery_hashes: list[str
 
 async def set_recovery_hashes(conn: Conn, user_id: uuid.UUID, hashes: list[str]) -> None:
     await conn.execute("UPDATE staff_users SET recovery_hashes = $2 WHERE id = $1", user_id, hashes)
+
+
+async def grant_access(conn: Conn, *, session_hash: bytes, recording_id: uuid.UUID, reason: str) -> None:
+    """Record the reason a staff member gave to open a recording in this session."""
+    await conn.execute(
+        """INSERT INTO portal_access_grants (session_hash, recording_id, reason) VALUES ($1, $2, $3)
+           ON CONFLICT (session_hash, recording_id)
+           DO UPDATE SET reason = EXCLUDED.reason, granted_at = now()""",
+        session_hash,
+        recording_id,
+        reason,
+    )
+
+
+async def access_reason(conn: Conn, *, session_hash: bytes, recording_id: uuid.UUID) -> str | None:
+    reason: str | None = await conn.fetchval(
+        "SELECT reason FROM portal_access_grants WHERE session_hash = $1 AND recording_id = $2",
+        session_hash,
+        recording_id,
+    )
+    return reason

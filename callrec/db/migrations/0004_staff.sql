@@ -29,3 +29,13 @@ CREATE TABLE staff_sessions (
     expires_at    timestamptz NOT NULL
 );
 CREATE INDEX staff_sessions_user ON staff_sessions (user_id);
+
+-- "Give a reason before the first play": the reason a staff member gave to open a recording in
+-- this session; every listen's audit entry refers to it.
+CREATE TABLE portal_access_grants (
+    session_hash  bytea       NOT NULL REFERENCES staff_sessions (id_hash) ON DELETE CASCADE,
+    recording_id  uuid        NOT NULL,
+    reason        text        NOT NULL,
+    granted_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_hash, recording_id)
+);

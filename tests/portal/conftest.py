@@ -1,0 +1,122 @@
+"""Portal fixtures: staff accounts of each role, logged in through the real login and TOTP forms."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyotp
+import pytest
+
+from callrec.app import create_app
+from callrec.appkeys import db_key, keys_key
+from callrec.crypto import envelope
+from callrec.db import staff
+from callrec.portal import accounts
+
+PASSWORD = "a long portal password"
+
+
+class Staff:
+    def __init__(self, email: str, role: str, tenant: str, secret: str) -> None:
+        self.email, self.role, self.tenant, self.secret = email, role, tenant, secret
+
+    def code(self) -> str:
+        return pyotp.TOTP(self.secret).now()
+
+
+async def make_staff(app: Any, role: str, *, tenant: str = "acme", enrolled: bool = True) -> Staff:
+    user_id = uuid.uuid4()
+    secret = accounts.new_totp_secret()
+    kek = await app[keys_key].kek(tenant)
+    sealed = envelope.seal(kek, secret.encode(), context=accounts.totp_context(tenant, user_id))
+    email = f"{role}-{user_id.hex[:6]}@{tenant}.example"
+    async with app[db_key].acquire() as conn:
+        await staff.create(
+            conn,
+            user_id=user_id,
+            tenant=tenant,
+            email=email,
+            role=role,
+            password_hash=accounts.hash_password(PASSWORD),
+            totp_sealed=sealed,
+        )
+        if enrolled:
+            await staff.enrol_mfa(conn, user_id, recovery_hashes=[])
+    return Staff(email, role, tenant, secret)
+
+
+def hidden(html: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert match, f"no hidden field {name}"
+    return match.group(1)
+
+
+class Browser:
+    """A test client that keeps the portal's cookies itself (they are Secure; the test server is http)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cookies: dict[str, str] = {}
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        return headers
+
+    def _keep(self, resp: Any) -> None:
+        for name, morsel in resp.cookies.items():
+            if morsel.value == "" or morsel["max-age"] == "0":
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = morsel.value
+
+    async def get(self, path: str, **kwargs: Any) -> Any:
+        resp = await self.client.get(
+            path, headers=self._headers(kwargs.pop("headers", None)), allow_redirects=False, **kwargs
+        )
+        self._keep(resp)
+        return resp
+
+    async def post(self, path: str, data: dict[str, str], **kwargs: Any) -> Any:
+        resp = await self.client.post(
+            path,
+            data=data,
+            headers=self._headers(kwargs.pop("headers", None)),
+            allow_redirects=False,
+            **kwargs,
+        )
+        self._keep(resp)
+        return resp
+
+    async def csrf(self, path: str = "/portal/") -> str:
+        return hidden(await (await self.get(path)).text(), "csrf_token")
+
+    async def login(self, who: Staff, *, code: str | None = None) -> Any:
+        form = await self.get("/portal/login")
+        login_csrf = hidden(await form.text(), "login_csrf")
+        resp = await self.post(
+            "/portal/login", {"login_csrf": login_csrf, "email": who.email, "password": PASSWORD}
+        )
+        assert resp.status == 303, await resp.text()
+        page = await self.get("/portal/mfa")
+        csrf = hidden(await page.text(), "csrf_token")
+        return await self.post("/portal/mfa", {"csrf_token": csrf, "code": code or who.code()})
+
+
+@pytest.fixture
+async def portal(aiohttp_client: Any, config: Any) -> Any:
+    return await aiohttp_client(create_app(config, run_workers=False))
+
+
+@pytest.fixture
+def browser(portal: Any) -> Callable[[], Browser]:
+    return lambda: Browser(portal)
+
+
+@pytest.fixture
+def staff_factory(portal: Any) -> Callable[..., Awaitable[Staff]]:
+    return lambda role, **kw: make_staff(portal.app, role, **kw)

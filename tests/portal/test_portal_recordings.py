@@ -1,0 +1,176 @@
+"""Portal recordings: every role against every route, IDOR, tenants, reason before play, audit."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from callrec.app import worker_key
+from callrec.appkeys import db_key
+
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_TOKEN = "twilio-auth-token-for-tests"
+
+
+async def ingest(portal: Any, fake: Any, audio: bytes, *, agent: str = "agent-1") -> uuid.UUID:
+    sid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
+    fake.media[sid] = audio
+    form = {
+        "AccountSid": TWILIO_SID,
+        "CallSid": csid,
+        "RecordingSid": sid,
+        "RecordingUrl": fake.recording_url(sid),
+        "RecordingStatus": "completed",
+    }
+    path = f"/webhooks/twilio/acme?consent=granted&basis=contract&agent={agent}"
+    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
+    assert (await portal.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
+    assert await portal.app[worker_key].run_once()
+    async with portal.app[db_key].acquire() as conn:
+        return await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
+
+
+def csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]*)"', html)
+    assert match
+    return match.group(1)
+
+
+@pytest.fixture
+async def recording(portal: Any, fake_twilio: Any, audio_fixtures: Path) -> uuid.UUID:
+    return await ingest(portal, fake_twilio, (audio_fixtures / "call-with-announcement.wav").read_bytes())
+
+
+ROUTES = [
+    ("GET", "/portal/"),
+    ("GET", "/portal/recordings/{id}"),
+    ("POST", "/portal/recordings/{id}/reason"),
+    ("GET", "/portal/recordings/{id}/audio"),
+]
+ALLOWED = {
+    "support": {0, 1, 2, 3},
+    "supervisor": {0, 1, 2, 3},
+    "privacy": {0, 1, 2, 3},
+    "legal": {0, 1, 2, 3},
+    "auditor": set(),
+    "admin": set(),
+}
+
+
+@pytest.mark.parametrize("role", sorted(ALLOWED))
+async def test_every_route_against_every_role(
+    browser: Any, staff_factory: Any, recording: uuid.UUID, role: str
+) -> None:
+    who = await staff_factory(role)
+    b = browser()
+    assert (await b.login(who)).status in (200, 303)
+    for index, (method, template) in enumerate(ROUTES):
+        path = template.format(id=recording)
+        if method == "GET":
+            resp = await b.get(path)
+        else:
+            page = await b.get(f"/portal/recordings/{recording}")
+            token = csrf(await page.text()) if page.status == 200 else "x"
+            resp = await b.post(path, {"csrf_token": token, "reason": "ticket 42: complaint about billing"})
+        allowed = index in ALLOWED[role]
+        if allowed:
+            assert resp.status in (200, 206, 303), (role, path, resp.status)
+        else:
+            assert resp.status in (403,), (role, path, resp.status)
+
+
+async def test_reason_before_play_and_each_listen_audited_with_it(
+    browser: Any, staff_factory: Any, recording: uuid.UUID, portal: Any, audio_fixtures: Path
+) -> None:
+    ana = await staff_factory("support")
+    b = browser()
+    await b.login(ana)
+    page = await b.get(f"/portal/recordings/{recording}")
+    html = await page.text()
+    assert "Why do you need to listen?" in html and "<audio" not in html
+    assert (await b.get(f"/portal/recordings/{recording}/audio")).status == 403
+    short = await b.post(f"/portal/recordings/{recording}/reason", {"csrf_token": csrf(html), "reason": "x"})
+    assert short.status == 400
+    resp = await b.post(
+        f"/portal/recordings/{recording}/reason",
+        {"csrf_token": csrf(html), "reason": "ticket 42: caller disputes the refund"},
+    )
+    assert resp.status == 303
+    html = await (await b.get(f"/portal/recordings/{recording}")).text()
+    assert "<audio" in html and 'class="wave"' in html and "<rect" in html
+    audio = await b.get(f"/portal/recordings/{recording}/audio", headers={"Range": "bytes=0-99"})
+    assert audio.status == 206 and len(await audio.read()) == 100
+    whole = await b.get(f"/portal/recordings/{recording}/audio")
+    assert await whole.read() == (audio_fixtures / "call-with-announcement.wav").read_bytes()
+    async with portal.app[db_key].acquire() as conn:
+        plays = await conn.fetch("SELECT actor, details FROM audit_log WHERE action = 'recording:played'")
+    assert len(plays) == 2
+    for play in plays:
+        details = json.loads(play["details"])
+        assert details["reason"] == "ticket 42: caller disputes the refund" and details["via"] == "portal"
+        assert play["actor"].startswith("staff:")
+
+
+async def test_ids_of_other_tenants_and_made_up_ids_are_404(
+    browser: Any, staff_factory: Any, recording: uuid.UUID
+) -> None:
+    outsider = await staff_factory("support", tenant="other")
+    b = browser()
+    await b.login(outsider)
+    for path in (
+        f"/portal/recordings/{recording}",
+        f"/portal/recordings/{recording}/audio",
+        f"/portal/recordings/{uuid.uuid4()}",
+        "/portal/recordings/not-a-uuid",
+    ):
+        assert (await b.get(path)).status == 404, path
+    listing = await (await b.get("/portal/")).text()
+    assert str(recording) not in listing
+
+
+async def test_quarantined_and_restricted_are_kept_from_support(
+    browser: Any, staff_factory: Any, recording: uuid.UUID, portal: Any
+) -> None:
+    async with portal.app[db_key].acquire() as conn:
+        await conn.execute("UPDATE recordings SET restricted = true WHERE id = $1", recording)
+    support, privacy = await staff_factory("support"), await staff_factory("privacy")
+    s, p = browser(), browser()
+    await s.login(support)
+    await p.login(privacy)
+    assert (await s.get(f"/portal/recordings/{recording}")).status == 404
+    assert str(recording) not in await (await s.get("/portal/")).text()
+    assert (await p.get(f"/portal/recordings/{recording}")).status == 200
+    async with portal.app[db_key].acquire() as conn:
+        await conn.execute(
+            "UPDATE recordings SET restricted = false, state = 'quarantined' WHERE id = $1", recording
+        )
+    assert (await s.get(f"/portal/recordings/{recording}")).status == 404
+    assert (await p.get(f"/portal/recordings/{recording}")).status == 200
+
+
+async def test_filters_and_the_agent_filter_is_for_supervisors(
+    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
+    data = (audio_fixtures / "call-without-announcement.wav").read_bytes()
+    first = await ingest(portal, fake_twilio, data, agent="agent-1")
+    second = await ingest(portal, fake_twilio, data, agent="agent-2")
+    sup, support = await staff_factory("supervisor"), await staff_factory("support")
+    b, s = browser(), browser()
+    await b.login(sup)
+    await s.login(support)
+    filtered = await (await b.get("/portal/?agent=agent-2")).text()
+    assert str(second) in filtered and str(first) not in filtered
+    ignored = await (await s.get("/portal/?agent=agent-2")).text()
+    assert str(first) in ignored and 'id="agent"' not in ignored  # support has no agent filter
+    by_phone = await (await b.get("/portal/?phone=%2B12125550123")).text()
+    assert str(first) in by_phone and "5550123" not in by_phone.split("<table")[1]
+    bad = await (await b.get("/portal/?phone=yesterday")).text()
+    assert "E.164" in bad
+    expiring = await (await b.get("/portal/?expiring_days=7")).text()
+    assert "No recordings match." in expiring

@@ -18,12 +18,14 @@ from callrec import audio
 from callrec.api import access as api_access
 from callrec.api import deletions as api_deletions
 from callrec.api import holds as api_holds
+from callrec.api import openapi as api_openapi
 from callrec.api import recordings as api_recordings
+from callrec.api.body import clean_text
 from callrec.appkeys import batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config
 from callrec.crypto.keys import open_key_provider
 from callrec.db.pool import DatabaseUnavailable, create_pool
-from callrec.errors import CallrecError
+from callrec.errors import BadRequest, CallrecError
 from callrec.ingest import webhooks
 from callrec.ingest.batcher import JobBatcher
 from callrec.ingest.worker import Worker
@@ -75,6 +77,16 @@ async def metrics_middleware(
 
 
 @web.middleware
+async def input_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Query strings with NUL or invalid UTF-8 are refused before any handler sees them."""
+    if not all(clean_text(k) and clean_text(v) for k, v in request.query.items()):
+        raise BadRequest("the query string holds characters that are not allowed", code="invalid_characters")
+    return await handler(request)
+
+
+@web.middleware
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -82,6 +94,14 @@ async def errors_middleware(
     request[request_id_key] = rid
     try:
         response = await handler(request)
+    except (asyncpg.DataError, asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
+        # A backstop: input the handlers should have refused, and PostgreSQL did (nothing was written).
+        log.warning("request %s: input refused by the database", rid, exc_info=True)
+        if request.path.startswith("/portal"):
+            return portal_error(request, 400, "Some of what you sent could not be stored as it is.")
+        response = web.json_response(
+            error_body("invalid_input", "the request holds values that cannot be stored"), status=400
+        )
     except CallrecError as exc:
         if request.path.startswith("/portal"):
             return portal_error(request, exc.status, exc.message)
@@ -185,7 +205,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     # The metrics middleware is outermost so that it sees the status the error middleware chose.
     app = web.Application(
         # The portal middleware wraps the error middleware so that error pages get its security headers.
-        middlewares=[metrics_middleware, portal_middleware, errors_middleware],
+        middlewares=[metrics_middleware, portal_middleware, errors_middleware, input_middleware],
         client_max_size=1024 * 1024,
     )
     app[config_key] = config
@@ -249,6 +269,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.router.add_post("/webhooks/upload/{tenant}", webhooks.pbx_upload)
     app.router.add_post("/webhooks/vonage/{tenant}", webhooks.vonage_recording)
     app.router.add_post("/webhooks/plivo/{tenant}", webhooks.plivo_recording)
+    app.router.add_get("/api/v1/openapi.json", api_openapi.openapi_json)
     app.router.add_get("/api/v1/recordings", api_recordings.list_recordings)
     app.router.add_get("/api/v1/recordings/{id}", api_recordings.get_recording)
     app.router.add_get("/api/v1/recordings/{id}/audio", api_recordings.get_audio)

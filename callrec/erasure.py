@@ -8,8 +8,9 @@ transaction holds the tenant's hold lock in shared mode while placing a hold tak
 The wrapped key, the sealed phone numbers and their hashes go in that transaction, together with
 the audit entry, leaving a tombstone (ids, dates, reason). From that commit on the ciphertext is
 unreadable everywhere, backups included. The object versions are deleted after the commit: by the
-caller at once where it can (the sweeper does), and in any case by a durable ``object.delete`` job
-queued in the same transaction, so a store outage delays their removal but never loses it.
+caller at once where it can (the sweeper does, many keys per store call through
+:func:`delete_objects_now`), and in any case by a durable ``object.delete`` job queued in the same
+transaction, so a store outage delays their removal but never loses it.
 
 Why the key goes first although the object goes too: deleting objects before the hold check is
 committed could destroy audio that a hold placed a moment later should have kept; once the
@@ -18,13 +19,20 @@ tombstone has committed no hold can cover the recording any more, and removing i
 
 from __future__ import annotations
 
+import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
 
 from callrec.db import Conn, audit, holds, jobs, recordings
 from callrec.storage.base import ObjectLocked, ObjectStore
 
+log = logging.getLogger(__name__)
+
 DELETE_OBJECT = "object.delete"
+_FINISH_CHUNK = 500
 
 
 async def delete_erased_object(store: ObjectStore, key: str) -> int:
@@ -36,6 +44,67 @@ async def delete_erased_object(store: ObjectStore, key: str) -> int:
     except ObjectLocked:
         await store.set_legal_hold(key, version_id=None, on=False)
         return await store.delete_all_versions(key)
+
+
+async def delete_erased_objects(store: ObjectStore, keys: list[str]) -> dict[str, int]:
+    """:func:`delete_erased_object` for many keys in one :meth:`ObjectStore.delete_objects` call
+    (S3: DeleteObjects in batches of 1,000). The same rule for stale Object Lock legal holds: the
+    keys that kept locked versions lose their lock and are deleted again. Returns versions
+    deleted per key; raises what the store raises when it refused (nothing is lost: every key
+    still has its ``object.delete`` job)."""
+    try:
+        return await store.delete_objects(keys)
+    except ObjectLocked as exc:
+        deleted = dict(exc.deleted)
+        for key in exc.locked:
+            await store.set_legal_hold(key, version_id=None, on=False)
+        for key, versions in (await store.delete_objects(list(exc.locked))).items():
+            deleted[key] = deleted.get(key, 0) + versions
+        return deleted
+
+
+@dataclass
+class ObjectDeletions:
+    """What :func:`delete_objects_now` did: versions deleted per key, and the keys whose deletion
+    was left to their ``object.delete`` job because the store failed."""
+
+    deleted: dict[str, int] = field(default_factory=dict)
+    deferred: list[str] = field(default_factory=list)
+
+
+async def delete_objects_now(
+    pool: asyncpg.Pool, store: ObjectStore, erased: Sequence[tuple[str, str]], *, actor: str
+) -> ObjectDeletions:
+    """Delete the objects of recordings whose tombstones have committed, ``erased`` being
+    (tenant, object key) pairs, in one batch; then mark their queued ``object.delete`` jobs done
+    and audit each deletion, in one transaction. When the store fails, nothing is marked and the
+    jobs (queued with the tombstones) retry later: a store outage delays removal, never loses it.
+    A job a worker has already taken is left to it (its deletion finds nothing more to delete)."""
+    keys = list(dict.fromkeys(key for _, key in erased))
+    if not keys:
+        return ObjectDeletions()
+    try:
+        deleted = await delete_erased_objects(store, keys)
+    except Exception:
+        log.warning("deletion of %d object(s) deferred to their jobs", len(keys), exc_info=True)
+        return ObjectDeletions(deferred=keys)
+    tenants = {key: tenant for tenant, key in erased}
+    # In transactions of at most _FINISH_CHUNK keys: each holds the audit chain's lock to its end.
+    for start in range(0, len(keys), _FINISH_CHUNK):
+        chunk = keys[start : start + _FINISH_CHUNK]
+        async with pool.acquire() as conn, conn.transaction():
+            finished = await jobs.finish_object_deletions(conn, keys=chunk)
+            for key in chunk:
+                if key in finished:
+                    await audit.record(
+                        conn,
+                        tenant=tenants[key],
+                        actor=actor,
+                        action=audit.AuditAction.OBJECT_DELETED,
+                        recording_id=finished[key],
+                        details={"versions": deleted.get(key, 0)},
+                    )
+    return ObjectDeletions(deleted=deleted)
 
 
 async def lock_for_erasure(conn: Conn, tenant: str) -> None:

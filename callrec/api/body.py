@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -9,6 +10,51 @@ from aiohttp import web
 from callrec.errors import BadRequest
 
 MAX_JSON_BYTES = 1024 * 1024
+
+
+def clean_text(value: str) -> bool:
+    """PostgreSQL text cannot hold NUL, and lone surrogates are not UTF-8: both are refused early."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_strings(value: Any, path: str = "body") -> None:
+    if isinstance(value, str):
+        if not clean_text(value):
+            raise BadRequest(
+                f"{path} holds characters that are not allowed (NUL or invalid UTF-8)",
+                code="invalid_characters",
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, path)
+            _check_strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, f"{path}[{index}]")
+
+
+def parse_time(raw: str, name: str, *, default_utc: bool = False) -> datetime:
+    """An ISO 8601 time with a UTC offset (or UTC assumed), within the years PostgreSQL stores."""
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an ISO 8601 time with a UTC offset", code="invalid_parameter"
+        ) from None
+    if parsed.tzinfo is None:
+        if not default_utc:
+            raise BadRequest(f"{name} must carry a UTC offset", code="invalid_parameter")
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"{name} is out of range", code="invalid_parameter") from None
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
@@ -20,6 +66,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("the body must be a JSON object", code="invalid_body") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_body")
+    _check_strings(body)
     return body
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from callrec.api.auth import actor, authenticate
-from callrec.api.body import json_object, optional_str, required_str
+from callrec.api.body import json_object, optional_str, parse_time, required_str
 from callrec.appkeys import config_key, db_key, keys_key
 from callrec.db import holds
 from callrec.errors import BadRequest, NotFound
@@ -72,14 +72,9 @@ def _time(raw: object, name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(str(raw))
-    except ValueError:
-        raise BadRequest(
-            f"scope.{name} must be an ISO 8601 time with a UTC offset", code="invalid_scope"
-        ) from None
-    if value.tzinfo is None:
-        raise BadRequest(f"scope.{name} must carry a UTC offset", code="invalid_scope")
-    return value
+        return parse_time(str(raw), f"scope.{name}")
+    except BadRequest as exc:
+        raise BadRequest(exc.message, code="invalid_scope") from None
 
 
 async def parse_scope(request: web.Request, tenant: str, raw: object) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from callrec import erasure
 from callrec.api.auth import InsufficientScope, actor, authenticate
-from callrec.api.body import json_object, required_str
+from callrec.api.body import json_object, parse_time, required_str
 from callrec.appkeys import config_key, db_key, keys_key
 from callrec.consent.retention import retention_for
 from callrec.db import Conn, audit, holds, recordings
@@ -91,17 +91,7 @@ def _decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
 
 def _time_param(request: web.Request, name: str) -> datetime | None:
     value = request.query.get(name)
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(
-            f"{name} must be an ISO 8601 time with a UTC offset", code="invalid_parameter"
-        ) from None
-    if parsed.tzinfo is None:
-        raise BadRequest(f"{name} must carry a UTC offset", code="invalid_parameter")
-    return parsed
+    return None if value is None else parse_time(value, name)
 
 
 STATES = ("stored", "quarantined", "rejected", "destroyed")
@@ -138,7 +128,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     if unknown:
         raise BadRequest(f"unknown query parameters: {', '.join(unknown)}", code="invalid_parameter")
     limit_raw = request.query.get("limit", "50")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_PAGE:
+    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_PAGE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
     limit = int(limit_raw)
     after = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None

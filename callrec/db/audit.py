@@ -49,6 +49,7 @@ class AuditAction(StrEnum):
     PROVIDER_EVENT = "provider:event"
     PROVIDER_COPY_DELETED = "provider:copy-deleted"
     TOKEN_CREATED = "token:created"
+    TOKEN_REVOKED = "token:revoked"
     KEYS_ROTATED = "keys:rotated"
     USER_ADDED = "user:added"
     USER_LOGIN = "user:login"
@@ -231,3 +232,40 @@ async def entries_by_seq(conn: Conn, seqs: list[int]) -> list[AuditEntry]:
 async def head(conn: Conn) -> tuple[int, bytes] | None:
     row = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id")
     return (int(row["seq"]), bytes(row["hash"])) if row else None
+
+
+async def search(
+    conn: Conn,
+    *,
+    tenant: str,
+    actor: str | None,
+    action: str | None,
+    recording_id: uuid.UUID | None,
+    limit: int,
+) -> list[AuditEntry]:
+    """Newest first: one tenant's entries, filtered by actor, action and recording."""
+    rows = await conn.fetch(
+        """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash FROM audit_log
+           WHERE tenant = $1 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action = $3)
+             AND ($4::uuid IS NULL OR recording_id = $4)
+           ORDER BY seq DESC LIMIT $5""",
+        tenant,
+        actor,
+        action,
+        recording_id,
+        limit,
+    )
+    return [
+        AuditEntry(
+            r["seq"],
+            r["at"],
+            r["tenant"],
+            r["actor"],
+            r["action"],
+            r["recording_id"],
+            json.loads(r["details"]),
+            bytes(r["prev_hash"]),
+            bytes(r["hash"]),
+        )
+        for r in rows
+    ]

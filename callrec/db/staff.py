@@ -123,3 +123,8 @@ async def access_reason(conn: Conn, *, session_hash: bytes, recording_id: uuid.U
         recording_id,
     )
     return reason
+
+
+async def list_for(conn: Conn, *, tenant: str) -> list[StaffUser]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM staff_users WHERE tenant = $1 ORDER BY email", tenant)
+    return [_user(r) for r in rows]

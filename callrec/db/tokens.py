@@ -56,3 +56,21 @@ async def lookup(conn: Conn, token: str) -> ApiToken | None:
         token_hash(token),
     )
     return ApiToken(**dict(row)) if row else None
+
+
+async def list_for(conn: Conn, *, tenant: str) -> list[ApiToken]:
+    rows = await conn.fetch(
+        """SELECT id, tenant, name, scopes, created_at, revoked_at FROM api_tokens
+           WHERE tenant = $1 ORDER BY created_at DESC""",
+        tenant,
+    )
+    return [ApiToken(**dict(r)) for r in rows]
+
+
+async def revoke(conn: Conn, *, tenant: str, token_id: uuid.UUID) -> bool:
+    status = await conn.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE tenant = $1 AND id = $2 AND revoked_at IS NULL",
+        tenant,
+        token_id,
+    )
+    return status.endswith(" 1")

@@ -9,7 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from callrec.portal import views
+from callrec.portal import views, work_views
 
 
 async def _to_portal(request: web.Request) -> web.Response:
@@ -34,3 +34,18 @@ def setup_portal(app: web.Application) -> None:
     app.router.add_get("/portal/recordings/{id}", views.recording_page)
     app.router.add_post("/portal/recordings/{id}/reason", views.give_reason)
     app.router.add_get("/portal/recordings/{id}/audio", views.recording_audio)
+    app.router.add_get("/portal/holds", work_views.holds_page)
+    app.router.add_post("/portal/holds", work_views.holds_post)
+    app.router.add_post("/portal/holds/{id}/release", work_views.hold_release)
+    app.router.add_get("/portal/deletions", work_views.deletions_page)
+    app.router.add_post("/portal/deletions", work_views.deletions_post)
+    app.router.add_get("/portal/deletions/{id}", work_views.deletion_page)
+    app.router.add_get("/portal/quarantine", work_views.quarantine_page)
+    app.router.add_post("/portal/quarantine/{id}", work_views.quarantine_decide)
+    app.router.add_get("/portal/audit", work_views.audit_page)
+    app.router.add_get("/portal/audit.csv", work_views.audit_csv)
+    app.router.add_get("/portal/jobs", work_views.jobs_page)
+    app.router.add_post("/portal/jobs/{id}/retry", work_views.job_retry)
+    app.router.add_get("/portal/admin", work_views.admin_page)
+    app.router.add_post("/portal/admin/tokens", work_views.token_create)
+    app.router.add_post("/portal/admin/tokens/{id}/revoke", work_views.token_revoke)

@@ -17,6 +17,7 @@ import aiohttp_jinja2
 import segno
 from aiohttp import web
 
+from callrec.api.body import parse_time
 from callrec.appkeys import db_key, keys_key
 from callrec.crypto import envelope
 from callrec.db import audit, holds, recordings, staff
@@ -211,13 +212,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 def _time(value: str, name: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a date and time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parse_time(value, name, default_utc=True) if value else None
 
 
 async def recordings_page(request: web.Request) -> web.Response:

@@ -129,9 +129,19 @@ def _scope_summary(hold: holds.Hold) -> dict[str, object]:
 
 
 async def process_request(
-    conn: Conn, *, tenant: str, request_id: uuid.UUID, actor: str, max_attempts: int
+    conn: Conn,
+    *,
+    tenant: str,
+    request_id: uuid.UUID,
+    actor: str,
+    max_attempts: int,
+    erased_objects: list[tuple[str, str]] | None = None,
 ) -> deletions.DeletionRequest | None:
-    """Decide every recording the request names: deleted, withheld by a hold, or already gone."""
+    """Decide every recording the request names: deleted, withheld by a hold, or already gone.
+
+    ``erased_objects``, when given, receives (tenant, object key) of each recording erased here,
+    so that the caller can delete those objects in one batch once this transaction has committed
+    (:func:`callrec.erasure.delete_objects_now`) instead of leaving each to its own job."""
     req = await deletions.get(conn, tenant=tenant, request_id=request_id, for_update=True)
     if req is None or req.status not in deletions.OPEN_STATUSES:
         return req
@@ -147,7 +157,15 @@ async def process_request(
         )
         return await deletions.get(conn, tenant=tenant, request_id=request_id)
     for recording_id, state in matches:
-        await _decide_one(conn, req, recording_id, state, actor=actor, max_attempts=max_attempts)
+        await _decide_one(
+            conn,
+            req,
+            recording_id,
+            state,
+            actor=actor,
+            max_attempts=max_attempts,
+            erased_objects=erased_objects,
+        )
     await _settle(conn, req, max_attempts=max_attempts)
     return await deletions.get(conn, tenant=tenant, request_id=request_id)
 
@@ -160,6 +178,7 @@ async def _decide_one(
     *,
     actor: str,
     max_attempts: int,
+    erased_objects: list[tuple[str, str]] | None = None,
 ) -> str:
     if state in ("destroyed", "rejected"):
         await deletions.record_outcome(
@@ -184,6 +203,8 @@ async def _decide_one(
         )
         return "withheld_legal_hold"
     outcome = "deleted" if result.outcome == "erased" else "already_deleted"
+    if erased_objects is not None and result.object_key:
+        erased_objects.append((req.tenant, result.object_key))
     await deletions.record_outcome(
         conn, request_id=req.id, recording_id=recording_id, outcome=outcome, audit_seq=result.audit_seq
     )

@@ -3,9 +3,12 @@
 Batched and idempotent. Each batch is one transaction that locks its rows with ``SKIP LOCKED``
 (several sweepers share the work without waiting on each other) and, per recording, checks the
 holds and destroys the wrapped key, sealed numbers and hashes, leaving a tombstone and an audit
-entry (:mod:`callrec.erasure`). After the commit the sweeper deletes the object versions itself;
-the ``object.delete`` jobs queued in the same transaction are the durable fallback if the store
-fails or the process dies half way, so a crash at any point is resumed, never lost.
+entry (:mod:`callrec.erasure`). After the commit the sweeper deletes the object versions itself,
+many keys per store call (S3: a prefix or per-key listing, then DeleteObjects of 1,000 versions at
+a time), every ``object_batch`` erased recordings and at the end; the ``object.delete`` jobs
+queued in the same transaction are the durable fallback if the store fails or the process dies
+half way, so a crash at any point is resumed, never lost. Objects wait at most a few batches
+after their tombstone, and their key is gone by then: they are already unreadable.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from callrec import erasure
-from callrec.db import audit, jobs, recordings
+from callrec.db import recordings
 from callrec.retention import service
 from callrec.storage.base import ObjectStore
 
@@ -53,11 +56,14 @@ async def sweep(
     tenants: list[str],
     max_attempts: int,
     batch: int = 500,
+    object_batch: int = 5_000,
     dry_run: bool = False,
     now: datetime | None = None,
     max_batches: int | None = None,
 ) -> SweepReport:
-    """Run until nothing expired and unheld is left (or ``max_batches``)."""
+    """Run until nothing expired and unheld is left (or ``max_batches``). ``batch`` recordings
+    are erased per transaction; their objects are deleted once ``object_batch`` have gathered
+    (more keys per store call lets the S3 store list a shared prefix instead of each key)."""
     now = now or datetime.now(UTC)
     report = SweepReport()
     async with pool.acquire() as conn:
@@ -68,9 +74,9 @@ async def sweep(
         return report
 
     batches = 0
+    erased: list[tuple[str, str]] = []  # (tenant, object key) of tombstones committed, objects left
     while max_batches is None or batches < max_batches:
         batches += 1
-        erased: list[tuple[str, str]] = []  # (tenant, object key)
         async with pool.acquire() as conn, conn.transaction():
             due = await recordings.expired_batch(conn, now=now, limit=batch)
             for tenant, recording_id in due:
@@ -88,10 +94,13 @@ async def sweep(
                     if result.object_key:
                         erased.append((tenant, result.object_key))
         report.expired += len(due)
-        if erased:
+        if len(erased) >= object_batch:
             await _delete_objects(pool, store, erased, report)
+            erased = []
         if len(due) < batch:
             break
+    if erased:
+        await _delete_objects(pool, store, erased, report)
 
     # Deletions that were waiting on holds released since the last sweep.
     for tenant in tenants:
@@ -107,28 +116,7 @@ async def sweep(
 async def _delete_objects(
     pool: asyncpg.Pool, store: ObjectStore, erased: list[tuple[str, str]], report: SweepReport
 ) -> None:
-    """Delete the erased recordings' objects now; on failure the queued jobs retry later."""
-    done: list[tuple[str, str, int]] = []
-    for tenant, key in erased:
-        try:
-            versions = await erasure.delete_erased_object(store, key)
-        except Exception:
-            log.warning("sweep: object deletion deferred to its job", exc_info=True)
-            report.object_deletions_deferred += 1
-            continue
-        done.append((tenant, key, versions))
-        report.objects_deleted += 1
-    if not done:
-        return
-    async with pool.acquire() as conn, conn.transaction():
-        finished = await jobs.finish_object_deletions(conn, keys=[key for _, key, _ in done])
-        for tenant, key, versions in done:
-            if key in finished:
-                await audit.record(
-                    conn,
-                    tenant=tenant,
-                    actor=SWEEPER_ACTOR,
-                    action=audit.AuditAction.OBJECT_DELETED,
-                    recording_id=finished[key],
-                    details={"versions": versions},
-                )
+    """Delete the erased recordings' objects now; on failure their queued jobs retry later."""
+    result = await erasure.delete_objects_now(pool, store, erased, actor=SWEEPER_ACTOR)
+    report.objects_deleted += len(result.deleted)
+    report.object_deletions_deferred += len(result.deferred)

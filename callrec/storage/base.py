@@ -64,12 +64,27 @@ class ObjectLocked(StoreError):
     not ended. Nothing locked was deleted (other versions named in the same request may have
     been). ``version_ids`` are the locked versions of ``key``. Retrying will not help until the
     hold is released; see https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-lock.html.
+
+    For :meth:`ObjectStore.delete_objects`, which erases many keys at once, ``locked`` maps every
+    key that kept locked versions to those versions (``key`` and ``version_ids`` are its first
+    entry), and ``deleted`` maps every key asked for to the number of versions and delete markers
+    that call did remove, locked keys included.
     """
 
-    def __init__(self, message: str, *, key: str, version_ids: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        version_ids: tuple[str, ...],
+        locked: dict[str, tuple[str, ...]] | None = None,
+        deleted: dict[str, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.key = key
         self.version_ids = version_ids
+        self.locked: dict[str, tuple[str, ...]] = locked if locked is not None else {key: version_ids}
+        self.deleted: dict[str, int] = deleted if deleted is not None else {}
 
 
 class ObjectNotFound(FileNotFoundError):
@@ -126,6 +141,24 @@ class ObjectStore(Protocol):
         removed (0 when there was nothing). This is what destroying a recording means: a
         delete marker alone leaves the data readable. Raises :class:`ObjectLocked` when Object
         Lock protects some versions: those are kept, the others are deleted."""
+        ...
+
+    async def delete_objects(self, keys: list[str]) -> dict[str, int]:
+        """Erase every version and delete marker of each of ``keys``, as
+        :meth:`delete_all_versions` does for one, in as few requests as the store allows (S3:
+        DeleteObjects, 1,000 versions a request). Returns, for each distinct key, how many versions
+        and delete markers were removed (0 for a key that had none). A key repeated counts once.
+
+        Raises :class:`ObjectLocked` when Object Lock protects some versions: those are kept,
+        everything else asked for is deleted, and the exception tells which keys kept what
+        (``locked``) and how many versions of each key went (``deleted``). Raises
+        :class:`StoreError` (or :class:`StoreUnavailable`) when the store refused other deletions;
+        some keys may then be erased and others not, so the caller retries them all (erasing an
+        erased key is a no-op). Every key is validated before anything is deleted.
+
+        Meant for keys nobody writes any more (erased recordings): unlike
+        :meth:`delete_all_versions`, it does not list again afterwards to catch a version that a
+        concurrent writer added meanwhile."""
         ...
 
     async def list_versions(self, key: str) -> list[StoredObject]:

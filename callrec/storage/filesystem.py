@@ -69,6 +69,12 @@ class FilesystemObjectStore:
 
         return await run_blocking(self._executor, delete_if_present)
 
+    async def delete_objects(self, keys: list[str]) -> dict[str, int]:
+        """Unlink each key's file, then fsync each directory that lost an entry once (not once
+        per file), so that the erasure is durable when this returns."""
+        targets = {key: self._path(key) for key in keys}  # validates every key before deleting any
+        return await run_blocking(self._executor, lambda: self._delete_many(targets))
+
     async def list_versions(self, key: str) -> list[StoredObject]:
         target = self._path(key)
 
@@ -160,6 +166,35 @@ class FilesystemObjectStore:
             raise ObjectNotFound(f"no object {key!r}") from None
         # Make the erasure durable, not just the write.
         _fsync_dir(target.parent)
+
+    def _delete_many(self, targets: dict[str, Path]) -> dict[str, int]:
+        removed: dict[str, int] = {}
+        touched: set[Path] = set()
+        failure: OSError | None = None
+        for key, target in targets.items():
+            removed[key] = 0
+            try:
+                if not stat.S_ISREG(target.lstat().st_mode):
+                    continue
+                target.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                failure = exc
+                break
+            removed[key] = 1
+            touched.add(target.parent)
+        # What was unlinked is made durable even when a later unlink failed.
+        for directory in sorted(touched):
+            try:
+                _fsync_dir(directory)
+            except FileNotFoundError:
+                continue  # removed since by someone else: nothing of ours in it to make durable
+            except OSError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise self._unavailable(failure) from None
+        return removed
 
     def _make_dirs(self, directory: Path) -> None:
         """Create ``directory`` and its missing parents, each 0700, fsyncing each parent so

@@ -22,6 +22,7 @@ tells the two apart so that callers get :class:`~callrec.storage.base.ObjectLock
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -67,6 +68,17 @@ _LIST_PAGE_SIZE = 1000
 _DELETE_BATCH = 1000
 # delete_all_versions re-lists after deleting, in case a writer raced it; it gives up after this.
 _ERASE_ROUNDS = 3
+# delete_objects finds the versions of many keys either key by key (one ListObjectVersions each,
+# up to _LIST_CONCURRENCY at a time) or, when enough of them share a prefix, by listing that
+# prefix page by page. A page of 1,000 entries costs the client about as much CPU as 40 single-key
+# listings (measured with botocore, 100 ms against 2.6 ms), so the prefix is listed only for a
+# group of at least _SCAN_MIN_KEYS keys, and only while each page passes at least
+# _SCAN_MIN_KEYS_PER_PAGE of them; the keys it has not reached then are listed one by one. An
+# expiry sweep that catches up on a backlog is dense; a daily sweep of one day in ninety, or one
+# caller's recordings among a tenant's, is sparse and goes key by key.
+_SCAN_MIN_KEYS = 50
+_SCAN_MIN_KEYS_PER_PAGE = 50
+_LIST_CONCURRENCY = 16
 
 # Connection refused fails fast; a silent endpoint costs connect_timeout per attempt. The
 # "standard" retry mode retries throttling, 5xx and connection errors with jittered backoff.
@@ -205,6 +217,27 @@ class S3ObjectStore:
     async def delete_all_versions(self, key: str) -> int:
         full_key = self._full_key(key)
         return await run_blocking(self._executor, lambda: self._delete_all(key, full_key))
+
+    async def delete_objects(self, keys: list[str]) -> dict[str, int]:
+        """Find every version and delete marker of ``keys`` (a prefix listing where many keys
+        share one, else one listing per key, concurrently), then delete them with DeleteObjects in
+        batches of 1,000, quietly. Errors other than AccessDenied are retried once; AccessDenied
+        is Object Lock (:class:`ObjectLocked`) or a missing permission (:class:`StoreUnavailable`),
+        told apart as in :meth:`delete_all_versions`."""
+        wanted = {self._full_key(key): key for key in keys}  # validates every key first
+        if not wanted:
+            return {}
+        found, rest = await run_blocking(self._executor, lambda: self._scan(sorted(wanted)))
+        gate = asyncio.Semaphore(_LIST_CONCURRENCY)
+
+        async def list_one(full_key: str) -> None:
+            async with gate:
+                found[full_key] = await run_blocking(self._executor, lambda: self._list(full_key))
+
+        async with asyncio.TaskGroup() as group:
+            for full_key in rest:
+                group.create_task(list_one(full_key))
+        return await run_blocking(self._executor, lambda: self._delete_found(wanted, found))
 
     async def list_versions(self, key: str) -> list[StoredObject]:
         full_key = self._full_key(key)
@@ -469,6 +502,148 @@ class S3ObjectStore:
                 )
         raise StoreError(f"versions of {key!r} in bucket {self._bucket!r} kept reappearing while erasing")
 
+    def _scan(self, full_keys: list[str]) -> tuple[dict[str, list[_Entry]], list[str]]:
+        """Versions of the sorted ``full_keys`` found by prefix listings, and the keys left to
+        list one by one. Keys are grouped by their first segment (the tenant, for recordings)."""
+        groups: dict[str, list[str]] = {}
+        for full_key in full_keys:
+            groups.setdefault(full_key[len(self._prefix) :].split("/", 1)[0], []).append(full_key)
+        found: dict[str, list[_Entry]] = {}
+        rest: list[str] = []
+        for group in groups.values():
+            if len(group) < _SCAN_MIN_KEYS:
+                rest.extend(group)
+                continue
+            passed = self._scan_prefix(group, found)
+            rest.extend(group[passed:])
+        return found, rest
+
+    def _scan_prefix(self, group: list[str], found: dict[str, list[_Entry]]) -> int:
+        """List the common prefix of the sorted ``group`` while that pays (see
+        ``_SCAN_MIN_KEYS_PER_PAGE``); put the versions of the keys it got past into ``found`` and
+        return how many keys (from the start of ``group``) that is.
+
+        The listing is in key order, so once a page ends at key K (its NextKeyMarker) every key
+        before K is complete; K's own versions may go on in the next page."""
+        wanted = set(group)
+        seen: dict[str, list[_Entry]] = {}
+        passed = 0
+        paginator = self._client().get_paginator("list_object_versions")
+        with self._errors("ListObjectVersions"):
+            pages = paginator.paginate(
+                Bucket=self._bucket,
+                Prefix=_common_prefix(group[0], group[-1]),
+                PaginationConfig={"PageSize": _LIST_PAGE_SIZE},
+            )
+            for page in pages:
+                for version in page.get("Versions", []):
+                    name = version.get("Key", "")
+                    if name in wanted:
+                        seen.setdefault(name, []).append(
+                            _Entry(
+                                version_id=version.get("VersionId", "null"),
+                                size=version.get("Size", 0),
+                                is_latest=version.get("IsLatest", False),
+                                is_delete_marker=False,
+                            )
+                        )
+                for marker in page.get("DeleteMarkers", []):
+                    name = marker.get("Key", "")
+                    if name in wanted:
+                        seen.setdefault(name, []).append(
+                            _Entry(
+                                version_id=marker.get("VersionId", "null"),
+                                size=0,
+                                is_latest=marker.get("IsLatest", False),
+                                is_delete_marker=True,
+                            )
+                        )
+                next_key = page.get("NextKeyMarker")
+                if not page.get("IsTruncated"):
+                    passed = len(group)
+                    break
+                if not next_key:
+                    break  # not S3's way; leave the rest to single-key listings
+                before = passed
+                while passed < len(group) and group[passed] < next_key:
+                    passed += 1
+                if passed == len(group) or passed - before < _SCAN_MIN_KEYS_PER_PAGE:
+                    break
+        for full_key in group[:passed]:
+            found[full_key] = seen.get(full_key, [])
+        return passed
+
+    def _delete_found(self, wanted: dict[str, str], found: dict[str, list[_Entry]]) -> dict[str, int]:
+        """Delete the listed versions of ``wanted`` (full key -> key); versions deleted per key."""
+        client = self._client()
+        targets = [(full_key, e.version_id) for full_key, entries in found.items() for e in entries]
+        failures: dict[tuple[str, str], tuple[str, str]] = {}  # (full key, version) -> (code, message)
+        for start in range(0, len(targets), _DELETE_BATCH):
+            batch = targets[start : start + _DELETE_BATCH]
+            failed = self._delete_batch(client, batch)
+            retry = [target for target, (code, _) in failed.items() if code not in _ACCESS_DENIED]
+            if retry:
+                again = self._delete_batch(client, retry)
+                failed = {t: e for t, e in failed.items() if t not in retry or t in again}
+                failed.update(again)
+            failures.update(failed)
+        if failures:
+            # A version named in an error may be gone after all (moto names only the key in its
+            # errors, so every version of that key was suspected): only what is left counts.
+            for full_key in {full_key for full_key, _ in failures}:
+                left = {e.version_id for e in self._list(full_key)}
+                for target in [t for t in failures if t[0] == full_key and t[1] not in left]:
+                    del failures[target]
+        counts = {key: len(found.get(full_key, [])) for full_key, key in wanted.items()}
+        for full_key, _ in failures:
+            counts[wanted[full_key]] -= 1
+        other = {t: e for t, e in failures.items() if e[0] not in _ACCESS_DENIED}
+        if other:
+            codes = sorted({code or "?" for code, _ in other.values()})
+            raise StoreError(
+                f"S3 refused to delete {len(other)} version(s) of {len({t[0] for t in other})} key(s) "
+                f"in bucket {self._bucket!r}: {', '.join(codes)}"
+            )
+        locked: dict[str, tuple[str, ...]] = {}
+        for (full_key, version_id), (_, message) in sorted(failures.items()):
+            if not self._is_locked(full_key, version_id, message):
+                raise StoreUnavailable(
+                    f"S3 bucket {self._bucket!r} unavailable during DeleteObjects: AccessDenied"
+                )
+            key = wanted[full_key]
+            locked[key] = (*locked.get(key, ()), version_id)
+        if locked:
+            first = next(iter(locked))
+            raise ObjectLocked(
+                f"S3 Object Lock protects {len(failures)} version(s) of {len(locked)} key(s) in bucket "
+                f"{self._bucket!r}; {sum(counts.values())} other version(s) and delete marker(s) "
+                "were deleted",
+                key=first,
+                version_ids=locked[first],
+                locked=locked,
+                deleted=counts,
+            )
+        return counts
+
+    def _delete_batch(
+        self, client: S3Client, batch: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """One quiet DeleteObjects of at most 1,000 versions; the ones it refused, with the
+        error's code and message. An error that names no version (moto) is charged to every
+        version of its key in the batch."""
+        objects: list[ObjectIdentifierTypeDef] = [{"Key": k, "VersionId": v} for k, v in batch]
+        with self._errors("DeleteObjects"):
+            response = client.delete_objects(Bucket=self._bucket, Delete={"Objects": objects, "Quiet": True})
+        failed: dict[tuple[str, str], tuple[str, str]] = {}
+        for error in response.get("Errors", []):
+            name, version = error.get("Key", ""), error.get("VersionId")
+            detail = (error.get("Code", ""), error.get("Message", ""))
+            if version:
+                failed[(name, version)] = detail
+            else:
+                failed.update({(k, v): detail for k, v in batch if k == name})
+        return failed
+
     def _supports_legal_hold(self) -> bool:
         try:
             response = self._client().get_object_lock_configuration(Bucket=self._bucket)
@@ -652,6 +827,16 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", "")) or str(
         exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
     )
+
+
+def _common_prefix(first: str, last: str) -> str:
+    """The characters ``first`` and ``last`` start with (of sorted keys: what all of them do)."""
+    n = 0
+    for a, b in zip(first, last, strict=False):
+        if a != b:
+            break
+        n += 1
+    return first[:n]
 
 
 def _read_up_to(src: BinaryIO, size: int) -> bytes:

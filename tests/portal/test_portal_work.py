@@ -1,0 +1,211 @@
+"""Portal pages for privacy, legal, auditor and admin: roles, flows, audit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from callrec.app import worker_key
+from callrec.appkeys import db_key
+
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_TOKEN = "twilio-auth-token-for-tests"
+PAGES = [
+    "/portal/holds",
+    "/portal/deletions",
+    "/portal/quarantine",
+    "/portal/audit",
+    "/portal/audit.csv",
+    "/portal/jobs",
+    "/portal/admin",
+]
+ALLOWED = {
+    "support": set(),
+    "supervisor": set(),
+    "privacy": {"/portal/deletions", "/portal/quarantine"},
+    "legal": {"/portal/holds"},
+    "auditor": {"/portal/audit", "/portal/audit.csv"},
+    "admin": {"/portal/jobs", "/portal/admin"},
+}
+
+
+def csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]*)"', html)
+    assert match
+    return match.group(1)
+
+
+async def ingest(portal: Any, fake: Any, audio: bytes, caller: str = "+12125550123") -> uuid.UUID:
+    sid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
+    fake.media[sid] = audio
+    fake.calls[csid] = {"from": caller, "to": "+16465550199", "direction": "inbound"}
+    form = {
+        "AccountSid": TWILIO_SID,
+        "CallSid": csid,
+        "RecordingSid": sid,
+        "RecordingUrl": fake.recording_url(sid),
+        "RecordingStatus": "completed",
+    }
+    path = "/webhooks/twilio/acme?consent=granted&basis=contract&agent=agent-1"
+    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
+    assert (await portal.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
+    assert await portal.app[worker_key].run_once()
+    async with portal.app[db_key].acquire() as conn:
+        return await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
+
+
+@pytest.mark.parametrize("role", sorted(ALLOWED))
+async def test_every_page_against_every_role(browser: Any, staff_factory: Any, role: str) -> None:
+    who = await staff_factory(role)
+    b = browser()
+    await b.login(who)
+    for page in PAGES:
+        resp = await b.get(page)
+        assert resp.status == (200 if page in ALLOWED[role] else 403), (role, page, resp.status)
+
+
+async def test_legal_places_a_hold_with_a_preview_and_releases_it(
+    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
+    audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
+    for _ in range(2):
+        await ingest(portal, fake_twilio, audio)
+    legal = await staff_factory("legal")
+    b = browser()
+    await b.login(legal)
+    token = csrf(await (await b.get("/portal/holds")).text())
+    scope = {"phones": "+1 212 555 0123", "matter": "Smith v Acme", "reason": "pending litigation"}
+    preview = await b.post("/portal/holds", {"csrf_token": token, "action": "preview", **scope})
+    assert preview.status == 200 and "This hold covers 2 recordings" in await preview.text()
+    placed = await b.post("/portal/holds", {"csrf_token": token, "action": "place", **scope})
+    assert placed.status == 303
+    async with portal.app[db_key].acquire() as conn:
+        hold_id = await conn.fetchval("SELECT id FROM legal_holds WHERE released_at IS NULL")
+    assert hold_id is not None
+    empty = await b.post(
+        "/portal/holds", {"csrf_token": token, "action": "place", "matter": "m", "reason": "r"}
+    )
+    assert empty.status == 400 and "at least one scope" in await empty.text()
+    released = await b.post(f"/portal/holds/{hold_id}/release", {"csrf_token": token, "reason": "settled"})
+    assert released.status == 303
+    async with portal.app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT released_at IS NOT NULL FROM legal_holds") is True
+        actions = [r["action"] for r in await conn.fetch("SELECT action FROM audit_log")]
+    assert "hold:placed" in actions and "hold:released" in actions
+
+
+async def test_privacy_makes_a_deletion_request_for_a_caller(
+    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
+    rid = await ingest(portal, fake_twilio, (audio_fixtures / "call-without-announcement.wav").read_bytes())
+    privacy = await staff_factory("privacy")
+    b = browser()
+    await b.login(privacy)
+    token = csrf(await (await b.get("/portal/deletions")).text())
+    resp = await b.post(
+        "/portal/deletions",
+        {"csrf_token": token, "phone": "+12125550123", "law": "gdpr", "external_ref": "CALL-77"},
+    )
+    assert resp.status == 303
+    while await portal.app[worker_key].run_once():
+        pass
+    page = await (await b.get(resp.headers["Location"])).text()
+    assert "completed" in page and str(rid) in page and "deleted" in page
+    queue = await (await b.get("/portal/deletions")).text()
+    assert "CALL-77" in queue
+    both = await b.post("/portal/deletions", {"csrf_token": token, "phone": "+12125550123", "call_id": "x"})
+    assert both.status == 400
+
+
+async def test_privacy_reviews_quarantine(
+    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
+    keep = await ingest(portal, fake_twilio, (audio_fixtures / "call-without-announcement.wav").read_bytes())
+    drop = await ingest(portal, fake_twilio, (audio_fixtures / "call-without-announcement.wav").read_bytes())
+    async with portal.app[db_key].acquire() as conn:
+        await conn.execute("UPDATE recordings SET state = 'quarantined' WHERE id = ANY($1)", [keep, drop])
+    privacy = await staff_factory("privacy")
+    b = browser()
+    await b.login(privacy)
+    page = await (await b.get("/portal/quarantine")).text()
+    assert str(keep) in page and str(drop) in page
+    token = csrf(page)
+    assert (
+        await b.post(
+            f"/portal/quarantine/{keep}",
+            {"csrf_token": token, "decision": "approve", "reason": "notice confirmed by agent"},
+        )
+    ).status == 303
+    assert (
+        await b.post(
+            f"/portal/quarantine/{drop}",
+            {"csrf_token": token, "decision": "reject", "reason": "no notice given"},
+        )
+    ).status == 303
+    async with portal.app[db_key].acquire() as conn:
+        states = {r["id"]: r["state"] for r in await conn.fetch("SELECT id, state FROM recordings")}
+    assert states[keep] == "stored" and states[drop] == "destroyed"
+
+
+async def test_auditor_reads_verifies_and_exports_the_log(
+    browser: Any, staff_factory: Any, portal: Any
+) -> None:
+    auditor = await staff_factory("auditor")
+    b = browser()
+    await b.login(auditor)
+    page = await (await b.get("/portal/audit?action=user:login")).text()
+    assert "Hash chain intact" in page and "user:login" in page
+    export = await b.get("/portal/audit.csv")
+    assert export.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(await export.text())))
+    assert rows[0][:4] == ["seq", "at", "actor", "action"] and len(rows) > 1
+    async with portal.app[db_key].acquire() as conn:
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        await conn.execute("UPDATE audit_log SET details = '{}' WHERE seq = 1")
+    assert "Hash chain BROKEN" in await (await b.get("/portal/audit")).text()
+
+
+async def test_admin_retries_dead_jobs_and_manages_tokens(
+    browser: Any, staff_factory: Any, portal: Any
+) -> None:
+    async with portal.app[db_key].acquire() as conn:
+        job_id = await conn.fetchval(
+            """INSERT INTO jobs (tenant, kind, dedupe_key, payload, max_attempts, state, attempts, last_error)
+               VALUES ('acme', 'ingest.twilio', 'RE9', '{}', 3, 'dead', 3, 'audio undecodable: x')
+               RETURNING id"""
+        )
+    admin = await staff_factory("admin")
+    b = browser()
+    await b.login(admin)
+    page = await (await b.get("/portal/jobs")).text()
+    assert "audio undecodable" in page
+    assert (await b.post(f"/portal/jobs/{job_id}/retry", {"csrf_token": csrf(page)})).status == 303
+    async with portal.app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "queued"
+    admin_page = await (await b.get("/portal/admin")).text()
+    created = await b.post(
+        "/portal/admin/tokens", {"csrf_token": csrf(admin_page), "name": "dsr", "scope": "deletions:write"}
+    )
+    html = await created.text()
+    token = re.search(r"<code>(crt_[^<]+)</code>", html)
+    assert created.status == 200 and token
+    resp = await portal.get(
+        "/api/v1/deletion-requests", headers={"Authorization": f"Bearer {token.group(1)}"}
+    )
+    assert resp.status == 403  # the scope is deletions:write only
+    async with portal.app[db_key].acquire() as conn:
+        token_id = await conn.fetchval("SELECT id FROM api_tokens")
+    assert (await b.post(f"/portal/admin/tokens/{token_id}/revoke", {"csrf_token": csrf(html)})).status == 303
+    resp = await portal.post(
+        "/api/v1/deletion-requests",
+        json={"subject": {"call_id": "c"}},
+        headers={"Authorization": f"Bearer {token.group(1)}"},
+    )
+    assert resp.status == 401

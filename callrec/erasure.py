@@ -23,6 +23,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 
@@ -32,6 +33,9 @@ from callrec.storage.base import ObjectLocked, ObjectStore
 log = logging.getLogger(__name__)
 
 DELETE_OBJECT = "object.delete"
+# How long the object.delete jobs of a caller that deletes the objects itself (in a batch, after
+# its commit) wait before workers may take them: see hold_back_object_jobs.
+INLINE_DELETE_GRACE = timedelta(minutes=10)
 _FINISH_CHUNK = 500
 
 
@@ -63,6 +67,29 @@ async def delete_erased_objects(store: ObjectStore, keys: list[str]) -> dict[str
         return deleted
 
 
+async def hold_back_object_jobs(conn: Conn, erased: Sequence[tuple[str, str]]) -> None:
+    """For a caller that will delete these objects itself once its transaction commits
+    (:func:`delete_objects_now`): their ``object.delete`` jobs, queued in that transaction, become
+    due only after :data:`INLINE_DELETE_GRACE`, so that workers do not take them one by one while
+    the batch is under way. They stay the fallback: if the caller dies first they run after the
+    grace, and if the store fails :func:`delete_objects_now` makes them due at once."""
+    if erased:
+        await _set_object_jobs_due(conn, erased, INLINE_DELETE_GRACE)
+
+
+async def _set_object_jobs_due(conn: Conn, erased: Sequence[tuple[str, str]], after: timedelta) -> None:
+    await conn.execute(
+        """UPDATE jobs j SET run_at = now() + $3, updated_at = now()
+           FROM unnest($1::text[], $2::text[]) AS k(tenant, object_key)
+           WHERE j.tenant = k.tenant AND j.kind = $4 AND j.dedupe_key = k.object_key
+             AND j.state = 'queued'""",
+        [tenant for tenant, _ in erased],
+        [key for _, key in erased],
+        after,
+        DELETE_OBJECT,
+    )
+
+
 @dataclass
 class ObjectDeletions:
     """What :func:`delete_objects_now` did: versions deleted per key, and the keys whose deletion
@@ -77,9 +104,10 @@ async def delete_objects_now(
 ) -> ObjectDeletions:
     """Delete the objects of recordings whose tombstones have committed, ``erased`` being
     (tenant, object key) pairs, in one batch; then mark their queued ``object.delete`` jobs done
-    and audit each deletion, in one transaction. When the store fails, nothing is marked and the
-    jobs (queued with the tombstones) retry later: a store outage delays removal, never loses it.
-    A job a worker has already taken is left to it (its deletion finds nothing more to delete)."""
+    and audit each deletion (in transactions of at most 500 keys). When the store fails, nothing
+    is marked and the jobs (queued with the tombstones, held back by
+    :func:`hold_back_object_jobs`) are made due at once: a store outage delays removal, never
+    loses it. A job a worker has already taken is left to it (it finds nothing more to delete)."""
     keys = list(dict.fromkeys(key for _, key in erased))
     if not keys:
         return ObjectDeletions()
@@ -87,6 +115,9 @@ async def delete_objects_now(
         deleted = await delete_erased_objects(store, keys)
     except Exception:
         log.warning("deletion of %d object(s) deferred to their jobs", len(keys), exc_info=True)
+        async with pool.acquire() as conn:
+            await _set_object_jobs_due(conn, erased, timedelta(0))  # held back for us: due now
+            await conn.execute("SELECT pg_notify($1, '')", jobs.NOTIFY_CHANNEL)
         return ObjectDeletions(deferred=keys)
     tenants = {key: tenant for tenant, key in erased}
     # In transactions of at most _FINISH_CHUNK keys: each holds the audit chain's lock to its end.

@@ -140,8 +140,9 @@ async def process_request(
     """Decide every recording the request names: deleted, withheld by a hold, or already gone.
 
     ``erased_objects``, when given, receives (tenant, object key) of each recording erased here,
-    so that the caller can delete those objects in one batch once this transaction has committed
-    (:func:`callrec.erasure.delete_objects_now`) instead of leaving each to its own job."""
+    and the caller promises to delete those objects in one batch once this transaction has
+    committed (:func:`callrec.erasure.delete_objects_now`): their ``object.delete`` jobs are held
+    back meanwhile (:func:`callrec.erasure.hold_back_object_jobs`) and stay the fallback."""
     req = await deletions.get(conn, tenant=tenant, request_id=request_id, for_update=True)
     if req is None or req.status not in deletions.OPEN_STATUSES:
         return req
@@ -156,6 +157,7 @@ async def process_request(
             rejection_reason="no recording with these ids exists for this tenant",
         )
         return await deletions.get(conn, tenant=tenant, request_id=request_id)
+    first = len(erased_objects) if erased_objects is not None else 0
     for recording_id, state in matches:
         await _decide_one(
             conn,
@@ -166,6 +168,8 @@ async def process_request(
             max_attempts=max_attempts,
             erased_objects=erased_objects,
         )
+    if erased_objects is not None:
+        await erasure.hold_back_object_jobs(conn, erased_objects[first:])
     await _settle(conn, req, max_attempts=max_attempts)
     return await deletions.get(conn, tenant=tenant, request_id=request_id)
 

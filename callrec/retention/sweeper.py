@@ -77,6 +77,7 @@ async def sweep(
     erased: list[tuple[str, str]] = []  # (tenant, object key) of tombstones committed, objects left
     while max_batches is None or batches < max_batches:
         batches += 1
+        first = len(erased)
         async with pool.acquire() as conn, conn.transaction():
             due = await recordings.expired_batch(conn, now=now, limit=batch)
             for tenant, recording_id in due:
@@ -93,6 +94,8 @@ async def sweep(
                     report.tenants.add(tenant)
                     if result.object_key:
                         erased.append((tenant, result.object_key))
+            # This sweeper deletes these objects itself: workers leave their jobs alone meanwhile.
+            await erasure.hold_back_object_jobs(conn, erased[first:])
         report.expired += len(due)
         if len(erased) >= object_batch:
             await _delete_objects(pool, store, erased, report)

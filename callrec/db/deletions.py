@@ -143,12 +143,21 @@ async def matching_recordings(conn: Conn, req: DeletionRequest) -> list[tuple[uu
 
 
 async def open_requests_for(
-    conn: Conn, *, tenant: str, call_id: str, recording_id: uuid.UUID, hashes: list[bytes]
+    conn: Conn,
+    *,
+    tenant: str,
+    call_id: str,
+    recording_id: uuid.UUID,
+    hashes: list[bytes],
+    arrived_at: datetime,
 ) -> list[DeletionRequest]:
-    """Open requests whose subject names this (new) recording."""
+    """Requests whose subject names this new recording: those still open, and those received after
+    the recording's webhook arrived even if they have completed since (it was in flight then, and
+    the request covers everything the subject had when it was made)."""
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM deletion_requests
-            WHERE tenant = $1 AND status = ANY($2::text[])
+            WHERE tenant = $1 AND status <> 'rejected'
+              AND (status = ANY($2::text[]) OR received_at >= $6)
               AND (subject_call_id = $3 OR $4 = ANY(subject_recording_ids)
                    OR subject_phone_hash = ANY($5::bytea[]))""",
         tenant,
@@ -156,6 +165,7 @@ async def open_requests_for(
         call_id,
         recording_id,
         hashes,
+        arrived_at,
     )
     return [_request(r) for r in rows]
 

@@ -120,6 +120,9 @@ class Worker:
 
     async def _loop(self) -> None:
         while True:
+            # Cleared before the claim, not after: a notification that arrives while we claim
+            # must wake the wait below, or its job would sit until the idle poll.
+            self._wake.clear()
             try:
                 worked = await self.run_once()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
@@ -127,7 +130,6 @@ class Worker:
                 worked = False
             if worked:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
 
@@ -815,6 +817,7 @@ class Worker:
                         recording_id=rec.id,
                         call_id=rec.call_id,
                         hashes=[h for h in (rec.from_hash, rec.to_hash) if h],
+                        arrived_at=job.created_at,
                         max_attempts=self.config.ingest.max_attempts,
                     )
                     # Holds placed before this recording arrived cover it too; mirror them to the store.

@@ -158,7 +158,11 @@ async def process_request(
         )
         return await deletions.get(conn, tenant=tenant, request_id=request_id)
     first = len(erased_objects) if erased_objects is not None else 0
+    # Recordings already decided for this request (ingested while it waited) keep their outcome.
+    decided = {o.recording_id for o in await deletions.outcomes(conn, request_id=req.id)}
     for recording_id, state in matches:
+        if recording_id in decided:
+            continue
         await _decide_one(
             conn,
             req,
@@ -216,6 +220,12 @@ async def _decide_one(
 
 
 async def _settle(conn: Conn, req: deletions.DeletionRequest, *, max_attempts: int) -> None:
+    """Completed or partially completed, from the outcomes so far. A request whose own job has not
+    run yet (still ``received``) is left alone: that job still has the subject's other recordings
+    to decide, and a final status would make it stop early."""
+    current = await deletions.get(conn, tenant=req.tenant, request_id=req.id)
+    if current is None or current.status == "received":
+        return
     outcomes = await deletions.outcomes(conn, request_id=req.id)
     withheld = any(o.outcome == "withheld_legal_hold" for o in outcomes)
     await _set_status(
@@ -260,12 +270,19 @@ async def apply_open_requests(
     recording_id: uuid.UUID,
     call_id: str,
     hashes: Iterable[bytes],
+    arrived_at: datetime,
     max_attempts: int,
 ) -> list[uuid.UUID]:
-    """A recording just ingested whose subject has an open deletion request is decided at once,
-    in the ingest transaction: it never becomes readable. Returns the requests it fell under."""
+    """A recording just ingested whose subject has a deletion request (still open, or made after the
+    recording's webhook arrived) is decided at once, in the ingest transaction: it never becomes
+    readable. Returns the requests it fell under."""
     matched = await deletions.open_requests_for(
-        conn, tenant=tenant, call_id=call_id, recording_id=recording_id, hashes=list(hashes)
+        conn,
+        tenant=tenant,
+        call_id=call_id,
+        recording_id=recording_id,
+        hashes=list(hashes),
+        arrived_at=arrived_at,
     )
     for req in matched:
         await _decide_one(

@@ -234,9 +234,12 @@ class S3ObjectStore:
             async with gate:
                 found[full_key] = await run_blocking(self._executor, lambda: self._list(full_key))
 
-        async with asyncio.TaskGroup() as group:
-            for full_key in rest:
-                group.create_task(list_one(full_key))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for full_key in rest:
+                    group.create_task(list_one(full_key))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # StoreUnavailable etc., as from any other method
         return await run_blocking(self._executor, lambda: self._delete_found(wanted, found))
 
     async def list_versions(self, key: str) -> list[StoredObject]:

@@ -423,7 +423,10 @@ async def test_keyboard_only_login_and_the_recordings_at_200_percent_zoom(
             "() => { const e = document.activeElement;"
             " return e.id || e.className || e.getAttribute('type') || e.tagName; }"
         )
-        assert await page.evaluate(focused) == "email"
+        from playwright.async_api import expect
+
+        # Autofocus lands once the page has loaded: wait for it (bounded) rather than sample once.
+        await expect(page.locator("#email")).to_be_focused(timeout=5000)
         await page.keyboard.press("Shift+Tab")
         order = [await page.evaluate(focused)]
         skip = await page.get_by_role("link", name="Skip to content").bounding_box()
@@ -443,7 +446,7 @@ async def test_keyboard_only_login_and_the_recordings_at_200_percent_zoom(
         await page.keyboard.type(PASSWORD)
         await page.keyboard.press("Enter")
         await page.wait_for_url(re.compile(r"/portal/mfa$"))
-        assert await page.evaluate("() => document.activeElement.id") == "code"  # autofocus
+        await expect(page.locator("#code")).to_be_focused(timeout=5000)  # autofocus
         await page.keyboard.type(support.code())
         await page.keyboard.press("Enter")
         await page.wait_for_url(re.compile(r"/portal/$"))

@@ -205,16 +205,21 @@ async def test_a_crash_after_the_tombstone_is_finished_by_the_object_job(
     rid = await ingest(client, fake_twilio, audio, caller=ALICE)
     await expire(client, rid)
     store = client.app[store_key]
-    real = store.delete_all_versions
+    real, real_batch = store.delete_all_versions, store.delete_objects
 
     async def down(key: str) -> int:
         raise OSError("store unreachable")
 
+    async def down_batch(keys: list[str]) -> dict[str, int]:
+        raise OSError("store unreachable")
+
     store.delete_all_versions = down  # type: ignore[method-assign]
+    store.delete_objects = down_batch  # type: ignore[method-assign]
     report = await run_sweep(client)
     assert report.destroyed == 1 and report.object_deletions_deferred == 1
     assert len(files(client)) == 1  # the ciphertext is still there, but its key is gone
     store.delete_all_versions = real  # type: ignore[method-assign]
+    store.delete_objects = real_batch  # type: ignore[method-assign]
     await drain(client)  # the durable object.delete job
     assert files(client) == set()
 

@@ -468,9 +468,8 @@ async def job_retry(request: web.Request) -> web.Response:
     return redirect("/portal/jobs")
 
 
-async def admin_page(request: web.Request) -> web.Response:
+async def _admin(request: web.Request, *, new_token: str | None = None) -> web.Response:
     user = _user(request)
-    roles.require(user.role, roles.ADMIN)
     async with request.app[db_key].acquire() as conn:
         users = await staff.list_for(conn, tenant=user.tenant)
         api_tokens = await tokens.list_for(conn, tenant=user.tenant)
@@ -484,10 +483,15 @@ async def admin_page(request: web.Request) -> web.Response:
             tokens=api_tokens,
             scopes=SCOPES,
             tenant=tenant,
-            new_token=None,
+            new_token=new_token,
             retention_days=tenant.retention // timedelta(days=1),
         ),
     )
+
+
+async def admin_page(request: web.Request) -> web.Response:
+    roles.require(_user(request).role, roles.ADMIN)
+    return await _admin(request)
 
 
 async def token_create(request: web.Request) -> web.Response:
@@ -508,23 +512,8 @@ async def token_create(request: web.Request) -> web.Response:
             action=audit.AuditAction.TOKEN_CREATED,
             details={"token_id": str(row.id), "name": name, "scopes": scopes, "via": "portal"},
         )
-        users = await staff.list_for(conn, tenant=user.tenant)
-        api_tokens = await tokens.list_for(conn, tenant=user.tenant)
-    tenant = request.app[config_key].tenants[user.tenant]
     # The token is shown once, on this response only; it is never stored.
-    return aiohttp_jinja2.render_template(
-        "admin.html",
-        request,
-        _ctx(
-            request,
-            users=users,
-            tokens=api_tokens,
-            scopes=SCOPES,
-            tenant=tenant,
-            new_token=token,
-            retention_days=tenant.retention // timedelta(days=1),
-        ),
-    )
+    return await _admin(request, new_token=token)
 
 
 async def token_revoke(request: web.Request) -> web.Response:

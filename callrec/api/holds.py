@@ -153,24 +153,7 @@ async def preview_hold(request: web.Request) -> web.Response:
     token = await authenticate(request, "holds:write")
     body = await json_object(request)
     scope = await parse_scope(request, token.tenant, body.get("scope"))
-    probe = holds.Hold(
-        id=uuid.uuid4(),
-        tenant=token.tenant,
-        matter="",
-        reason="",
-        created_by="",
-        created_at=datetime.now(),
-        review_at=None,
-        scope_recording_ids=scope["recording_ids"],
-        scope_call_ids=scope["call_ids"],
-        scope_phone_hashes=scope["phone_hashes"],
-        scope_from=scope["time_from"],
-        scope_to=scope["time_to"],
-        scope_agent=scope["agent"],
-        released_at=None,
-        released_by=None,
-        release_reason=None,
-    )
+    probe = holds.Hold.for_scope(token.tenant, **scope)
     async with request.app[db_key].acquire() as conn:
         return web.json_response({"covers": await holds.count_covered(conn, probe)})
 

@@ -10,11 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from callrec import erasure
 from callrec.api.auth import InsufficientScope, actor, authenticate
 from callrec.api.body import json_object, parse_time, required_str
 from callrec.appkeys import config_key, db_key, keys_key
-from callrec.consent.retention import retention_for
+from callrec.consent import quarantine
 from callrec.db import Conn, audit, holds, recordings
 from callrec.db.tokens import ApiToken
 from callrec.errors import BadRequest, Conflict, NotFound
@@ -218,25 +217,11 @@ async def approve_quarantined(request: web.Request) -> web.Response:
     token = await authenticate(request, "quarantine:review")
     rid = _recording_id(request)
     reason = await _review_body(request)
-    tenant = request.app[config_key].tenant(token.tenant)
-    assert tenant is not None
     async with request.app[db_key].acquire() as conn, conn.transaction():
         rec = await _visible(conn, token, rid)
         if rec.state != "quarantined":
             raise Conflict(f"the recording is {rec.state}, not quarantined")
-        retention = retention_for(request.app[config_key], tenant.name, rec.consent.get("purpose"))
-        policy = {**rec.policy, "decision": "store", "reviewed": {"by": actor(token), "decision": "approve"}}
-        await recordings.release_from_quarantine(
-            conn, tenant=token.tenant, recording_id=rid, expires_at=rec.stored_at + retention, policy=policy
-        )
-        await audit.record(
-            conn,
-            tenant=token.tenant,
-            actor=actor(token),
-            action=audit.AuditAction.RECORDING_APPROVED,
-            recording_id=rid,
-            details={"reason": reason, "expires_at": (rec.stored_at + retention).isoformat()},
-        )
+        await quarantine.approve(conn, request.app[config_key], rec, actor=actor(token), reason=reason)
         rec = await _visible(conn, token, rid)
     return web.json_response(recording_json(rec))
 
@@ -246,26 +231,12 @@ async def reject_quarantined(request: web.Request) -> web.Response:
     token = await authenticate(request, "quarantine:review")
     rid = _recording_id(request)
     reason = await _review_body(request)
-    config = request.app[config_key]
     async with request.app[db_key].acquire() as conn, conn.transaction():
         rec = await _visible(conn, token, rid)
         if rec.state != "quarantined":
             raise Conflict(f"the recording is {rec.state}, not quarantined")
-        await audit.record(
-            conn,
-            tenant=token.tenant,
-            actor=actor(token),
-            action=audit.AuditAction.RECORDING_REJECTED,
-            recording_id=rid,
-            details={"reason": reason, "stage": "quarantine_review"},
-        )
-        result = await erasure.erase_in_transaction(
-            conn,
-            tenant=token.tenant,
-            recording_id=rid,
-            reason="quarantine_rejected",
-            actor=actor(token),
-            max_attempts=config.ingest.max_attempts,
+        result = await quarantine.reject(
+            conn, request.app[config_key], rec, actor=actor(token), reason=reason
         )
         if result.outcome == "held":
             raise Conflict("a legal hold covers this recording; it cannot be destroyed", code="legal_hold")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 
@@ -30,6 +30,38 @@ class Hold:
     released_at: datetime | None
     released_by: str | None
     release_reason: str | None
+
+    @classmethod
+    def for_scope(
+        cls,
+        tenant: str,
+        *,
+        recording_ids: list[uuid.UUID] | None,
+        call_ids: list[str] | None,
+        phone_hashes: list[bytes] | None,
+        time_from: datetime | None,
+        time_to: datetime | None,
+        agent: str | None,
+    ) -> Hold:
+        """An unsaved hold with only a scope: what a preview counts against."""
+        return cls(
+            id=uuid.uuid4(),
+            tenant=tenant,
+            matter="",
+            reason="",
+            created_by="",
+            created_at=datetime.now(UTC),
+            review_at=None,
+            scope_recording_ids=recording_ids,
+            scope_call_ids=call_ids,
+            scope_phone_hashes=phone_hashes,
+            scope_from=time_from,
+            scope_to=time_to,
+            scope_agent=agent,
+            released_at=None,
+            released_by=None,
+            release_reason=None,
+        )
 
     @property
     def active(self) -> bool:

@@ -17,11 +17,10 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from callrec import erasure
 from callrec.api.auth import SCOPES
 from callrec.api.body import parse_time
 from callrec.appkeys import config_key, db_key, keys_key
-from callrec.consent.retention import retention_for
+from callrec.consent import quarantine
 from callrec.db import audit, deletions, holds, jobs, recordings, staff, tokens
 from callrec.errors import BadRequest
 from callrec.ingest.webhooks import normalise_e164
@@ -109,27 +108,6 @@ async def _scope_from_form(request: web.Request, form: Any) -> dict[str, Any]:
     return scope
 
 
-def _probe(tenant: str, scope: dict[str, Any]) -> holds.Hold:
-    return holds.Hold(
-        id=uuid.uuid4(),
-        tenant=tenant,
-        matter="",
-        reason="",
-        created_by="",
-        created_at=datetime.now(UTC),
-        review_at=None,
-        scope_recording_ids=scope["recording_ids"],
-        scope_call_ids=scope["call_ids"],
-        scope_phone_hashes=scope["phone_hashes"],
-        scope_from=scope["time_from"],
-        scope_to=scope["time_to"],
-        scope_agent=scope["agent"],
-        released_at=None,
-        released_by=None,
-        release_reason=None,
-    )
-
-
 async def holds_page(request: web.Request) -> web.Response:
     roles.require(_user(request).role, roles.HOLDS)
     async with request.app[db_key].acquire() as conn:
@@ -148,7 +126,7 @@ async def holds_post(request: web.Request) -> web.Response:
     scope = await _scope_from_form(request, form)
     if form.get("action") == "preview":
         async with request.app[db_key].acquire() as conn:
-            covers = await holds.count_covered(conn, _probe(user.tenant, scope))
+            covers = await holds.count_covered(conn, holds.Hold.for_scope(user.tenant, **scope))
             found = await holds.list_holds(conn, tenant=user.tenant, active=None, limit=500)
             counts = {h.id: await holds.count_covered(conn, h) for h in found if h.active}
         return aiohttp_jinja2.render_template(
@@ -318,6 +296,7 @@ async def quarantine_decide(request: web.Request) -> web.Response:
     form = await request.post()
     decision = form.get("decision")
     reason = _text(form, "reason", label="The reason for your decision")
+    assert reason is not None  # required=True
     rid = _uuid(request.match_info["id"])
     config = request.app[config_key]
     async with request.app[db_key].acquire() as conn, conn.transaction():
@@ -325,43 +304,10 @@ async def quarantine_decide(request: web.Request) -> web.Response:
         if rec is None or rec.state != "quarantined":
             raise web.HTTPNotFound()
         if decision == "approve":
-            retention = retention_for(config, user.tenant, rec.consent.get("purpose"))
-            policy = {
-                **rec.policy,
-                "decision": "store",
-                "reviewed": {"by": _actor(request), "decision": "approve"},
-            }
-            await recordings.release_from_quarantine(
-                conn,
-                tenant=user.tenant,
-                recording_id=rid,
-                expires_at=rec.stored_at + retention,
-                policy=policy,
-            )
-            await audit.record(
-                conn,
-                tenant=user.tenant,
-                actor=_actor(request),
-                action=audit.AuditAction.RECORDING_APPROVED,
-                recording_id=rid,
-                details={"reason": reason, "via": "portal"},
-            )
+            await quarantine.approve(conn, config, rec, actor=_actor(request), reason=reason, via="portal")
         elif decision == "reject":
-            await audit.record(
-                conn,
-                tenant=user.tenant,
-                actor=_actor(request),
-                action=audit.AuditAction.RECORDING_REJECTED,
-                recording_id=rid,
-                details={"reason": reason, "stage": "quarantine_review", "via": "portal"},
-            )
-            result = await erasure.erase_in_transaction(
-                conn,
-                tenant=user.tenant,
-                recording_id=rid,
-                reason="quarantine_rejected",
-                actor=_actor(request),
-                max_attempts=config.ingest.max_attempts,
+            result = await quarantine.reject(
+                conn, config, rec, actor=_actor(request), reason=reason, via="portal"
             )
             if result.outcome == "held":
                 raise BadRequest("A legal hold covers this recording; it cannot be destroyed now.")

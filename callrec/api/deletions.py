@@ -19,7 +19,7 @@ from aiohttp import web
 from callrec.api.auth import actor, authenticate
 from callrec.api.body import json_object, optional_str
 from callrec.appkeys import config_key, db_key, keys_key
-from callrec.db import audit, deletions, holds, jobs
+from callrec.db import audit, deletions, holds
 from callrec.errors import BadRequest, NotFound
 from callrec.ingest.media import check_media_url
 from callrec.ingest.webhooks import normalise_e164
@@ -159,26 +159,7 @@ async def create_request(request: web.Request) -> web.Response:
                     status=422,
                 )
             return web.json_response(request_json(req), status=200)
-        await audit.record(
-            conn,
-            tenant=token.tenant,
-            actor=actor(token),
-            action=audit.AuditAction.DELETION_REQUESTED,
-            details={
-                "request_id": str(req.id),
-                "subject_kind": req.subject_kind,
-                "law": law,
-                "due_at": req.due_at.isoformat(),
-            },
-        )
-        await jobs.enqueue(
-            conn,
-            tenant=token.tenant,
-            kind=service.DELETION_PROCESS,
-            dedupe_key=str(req.id),
-            payload={"request_id": str(req.id)},
-            max_attempts=config.ingest.max_attempts,
-        )
+        await service.accept_request(conn, req, actor=actor(token), max_attempts=config.ingest.max_attempts)
     return web.json_response(request_json(req), status=202)
 
 

@@ -233,25 +233,12 @@ async def deletions_post(request: web.Request) -> web.Response:
     )
     async with request.app[db_key].acquire() as conn, conn.transaction():
         created, _ = await deletions.insert(conn, req)
-        await audit.record(
+        await service.accept_request(
             conn,
-            tenant=user.tenant,
+            created,
             actor=_actor(request),
-            action=audit.AuditAction.DELETION_REQUESTED,
-            details={
-                "request_id": str(created.id),
-                "subject_kind": created.subject_kind,
-                "law": law,
-                "via": "portal",
-            },
-        )
-        await jobs.enqueue(
-            conn,
-            tenant=user.tenant,
-            kind=service.DELETION_PROCESS,
-            dedupe_key=str(created.id),
-            payload={"request_id": str(created.id)},
             max_attempts=request.app[config_key].ingest.max_attempts,
+            via="portal",
         )
     return redirect(f"/portal/deletions/{created.id}")
 

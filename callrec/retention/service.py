@@ -128,6 +128,33 @@ def _scope_summary(hold: holds.Hold) -> dict[str, object]:
 # --- deletion requests -------------------------------------------------------------------------
 
 
+async def accept_request(
+    conn: Conn, req: deletions.DeletionRequest, *, actor: str, max_attempts: int, via: str | None = None
+) -> None:
+    """A request just inserted: its audit entry, and the durable job that will decide it."""
+    details = {
+        "request_id": str(req.id),
+        "subject_kind": req.subject_kind,
+        "law": req.law,
+        "due_at": req.due_at.isoformat(),
+    }
+    await audit.record(
+        conn,
+        tenant=req.tenant,
+        actor=actor,
+        action=audit.AuditAction.DELETION_REQUESTED,
+        details={**details, "via": via} if via else details,
+    )
+    await jobs.enqueue(
+        conn,
+        tenant=req.tenant,
+        kind=DELETION_PROCESS,
+        dedupe_key=str(req.id),
+        payload={"request_id": str(req.id)},
+        max_attempts=max_attempts,
+    )
+
+
 async def process_request(
     conn: Conn,
     *,

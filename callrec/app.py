@@ -146,14 +146,16 @@ async def errors_middleware(
 def portal_error(request: web.Request, status: int, message: str) -> web.Response:
     """Portal errors are pages, not JSON: the same words, for a person."""
     titles = {400: "That did not work", 403: "Not for your role", 404: "Not found", 413: "Too large"}
+    session = request.get(session_key)
     return aiohttp_jinja2.render_template(
         "error.html",
         request,
         {
             "title": titles.get(status, "Something went wrong"),
             "message": message,
-            "session": request.get(session_key),
-            "csrf_token": "",
+            "session": session,
+            # The page header's log-out form still needs the session's token.
+            "csrf_token": session.csrf_token if session else "",
         },
         status=status,
     )

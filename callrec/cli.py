@@ -147,67 +147,42 @@ def cmd_storage_check(config: Config, args: argparse.Namespace) -> int:
 def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
     """A staff account for the portal. MFA is required: the otpauth:// URI is printed while
     enrolment is pending, so a script can enrol the account; the portal shows it as a QR code."""
-    import re
-    import uuid
-
-    from callrec.crypto import envelope
     from callrec.crypto.keys import open_key_provider
-    from callrec.db import audit, staff
     from callrec.db.pool import create_pool
-    from callrec.portal import accounts
+    from callrec.portal import users
 
     tenant = _tenant(config, args.tenant)
-    email = args.email.strip().lower()
-    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email) or len(email) > 254:
-        return _fail(f"{args.email!r} is not an e-mail address")
-    if args.role not in accounts.ROLES:
-        return _fail(f"unknown role {args.role!r}; roles: {', '.join(accounts.ROLES)}")
-    generated = not args.password_stdin
-    password = accounts.new_password() if generated else sys.stdin.readline().rstrip("\n")
-    try:
-        password_hash = accounts.hash_password(password)
-    except accounts.WeakPassword as exc:
-        return _fail(str(exc))
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
     provider = open_key_provider(config.keys, keyring_path=config.keyring_path)
     provider.ensure_tenant(tenant)
-    user_id = uuid.uuid4()
-    secret = accounts.new_totp_secret()
-    sealed = envelope.seal(
-        provider.kek(tenant), secret.encode(), context=accounts.totp_context(tenant, user_id)
-    )
 
-    async def run() -> bool:
+    async def run() -> users.NewAccount | None:
         pool = await create_pool(config)
         try:
             async with pool.acquire() as conn, conn.transaction():
-                user = await staff.create(
+                return await users.add(
                     conn,
-                    user_id=user_id,
+                    kek=provider.kek(tenant),
                     tenant=tenant,
-                    email=email,
+                    email=args.email,
                     role=args.role,
-                    password_hash=password_hash,
-                    totp_sealed=sealed,
-                )
-                if user is None:
-                    return False
-                await audit.record(
-                    conn,
-                    tenant=tenant,
+                    password=password,
                     actor="cli",
-                    action=audit.AuditAction.USER_ADDED,
-                    details={"user_id": str(user_id), "role": args.role},
+                    via="cli",
                 )
-            return True
         finally:
             await pool.close()
 
-    if not asyncio.run(run()):
-        return _fail(f"{email} has an account already", 1)
-    print(f"user {user_id} ({args.role}, tenant {tenant})")
-    if generated:
-        print(f"password: {password}")
-    print(f"MFA pending: {accounts.provisioning_uri(secret, email=email, tenant=tenant)}")
+    try:
+        account = asyncio.run(run())
+    except ValueError as exc:  # a bad e-mail address, role or password: nothing was written
+        return _fail(str(exc))
+    if account is None:
+        return _fail(f"{users.clean_email(args.email)} has an account already", 1)
+    print(f"user {account.user.id} ({args.role}, tenant {tenant})")
+    if account.password is not None:
+        print(f"password: {account.password}")
+    print(f"MFA pending: {account.enrol_uri}")
     return 0
 
 

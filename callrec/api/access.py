@@ -8,17 +8,16 @@ and every download is audited. The ZIP is built in a private spool file and remo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import secrets
 import tempfile
 import uuid
 import zipfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from callrec import rights
 from callrec.api.auth import actor, authenticate
 from callrec.api.body import json_object
 from callrec.api.deletions import parse_subject
@@ -29,8 +28,6 @@ from callrec.db import access, audit, recordings
 from callrec.errors import BadRequest, NotFound
 from callrec.ingest.webhooks import spool_dir
 
-LINK_LIFETIME = timedelta(hours=1)
-
 
 async def create_access_request(request: web.Request) -> web.Response:
     token = await authenticate(request, "access:write")
@@ -39,42 +36,16 @@ async def create_access_request(request: web.Request) -> web.Response:
     if unknown:
         raise BadRequest(f"unknown keys: {', '.join(unknown)}", code="invalid_body")
     subject = await parse_subject(request, token.tenant, body.get("subject"))
-    secret = secrets.token_urlsafe(32)
     async with request.app[db_key].acquire() as conn, conn.transaction():
-        found = await recordings.for_subject(
-            conn,
-            tenant=token.tenant,
-            phone_hash=subject.get("subject_phone_hash"),
-            call_id=subject.get("subject_call_id"),
-            recording_ids=subject.get("subject_recording_ids"),
+        grant = await rights.grant_access(
+            conn, tenant=token.tenant, subject=subject, actor=actor(token), via="api"
         )
-        grant = await access.create(
-            conn,
-            tenant=token.tenant,
-            subject=subject,
-            recording_ids=[r.id for r in found],
-            token_hash=hashlib.sha256(secret.encode()).digest(),
-            created_by=actor(token),
-            expires_at=datetime.now(UTC) + LINK_LIFETIME,
-        )
-        await audit.record(
-            conn,
-            tenant=token.tenant,
-            actor=actor(token),
-            action=audit.AuditAction.ACCESS_REQUESTED,
-            details={
-                "request_id": str(grant.id),
-                "subject_kind": subject["subject_kind"],
-                "recording_ids": [str(r.id) for r in found],
-            },
-        )
-    base = request.app[config_key].public_base_url
     return web.json_response(
         {
-            "id": str(grant.id),
-            "recordings": len(found),
-            "download_url": f"{base}/api/v1/access-requests/{grant.id}/download?token={secret}",
-            "expires_at": grant.expires_at.isoformat(),
+            "id": str(grant.request.id),
+            "recordings": grant.recordings,
+            "download_url": request.app[config_key].public_base_url + grant.download_path(),
+            "expires_at": grant.request.expires_at.isoformat(),
         },
         status=201,
     )
@@ -87,9 +58,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such access request") from None
     secret = request.query.get("token", "")
     async with request.app[db_key].acquire() as conn, conn.transaction():
-        grant = await access.for_download(
-            conn, request_id=request_id, token_hash=hashlib.sha256(secret.encode()).digest()
-        )
+        grant = await access.for_download(conn, request_id=request_id, token_hash=rights.token_hash(secret))
         if grant is None:
             raise NotFound("no such access request, or the link has expired", code="link_invalid")
         found = [

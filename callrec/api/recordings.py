@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from callrec import rights
 from callrec.api.auth import InsufficientScope, actor, authenticate
 from callrec.api.body import json_object, parse_time, required_str
 from callrec.appkeys import config_key, db_key, keys_key
@@ -249,24 +250,17 @@ async def _set_restriction(request: web.Request, *, restricted: bool) -> web.Res
     rid = _recording_id(request)
     reason = required_str(await json_object(request), "reason", max_length=500)
     async with request.app[db_key].acquire() as conn, conn.transaction():
-        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
-        if rec is None or rec.state not in ("stored", "quarantined"):
-            raise NotFound("no such recording")
-        if await recordings.set_restricted(
-            conn, tenant=token.tenant, recording_id=rid, restricted=restricted
-        ):
-            await audit.record(
-                conn,
-                tenant=token.tenant,
-                actor=actor(token),
-                action=audit.AuditAction.RECORDING_RESTRICTED
-                if restricted
-                else audit.AuditAction.RECORDING_UNRESTRICTED,
-                recording_id=rid,
-                details={"reason": reason},
-            )
-        rec = await recordings.get(conn, tenant=token.tenant, recording_id=rid)
-    assert rec is not None
+        rec = await rights.set_restriction(
+            conn,
+            tenant=token.tenant,
+            recording_id=rid,
+            restricted=restricted,
+            actor=actor(token),
+            reason=reason,
+            via="api",
+        )
+    if rec is None:
+        raise NotFound("no such recording")
     return web.json_response(recording_json(rec))
 
 

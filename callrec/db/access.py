@@ -61,3 +61,13 @@ async def for_download(conn: Conn, *, request_id: uuid.UUID, token_hash: bytes) 
         token_hash,
     )
     return AccessRequest(**dict(row)) if row else None
+
+
+async def list_for(conn: Conn, *, tenant: str, limit: int) -> list[AccessRequest]:
+    rows = await conn.fetch(
+        """SELECT id, tenant, recording_ids, created_by, created_at, expires_at, downloaded_at
+           FROM access_requests WHERE tenant = $1 ORDER BY created_at DESC LIMIT $2""",
+        tenant,
+        limit,
+    )
+    return [AccessRequest(**dict(r)) for r in rows]

@@ -57,6 +57,10 @@ class AuditAction(StrEnum):
     USER_LOCKED = "user:locked"
     USER_MFA_ENROLLED = "user:mfa-enrolled"
     USER_LOGOUT = "user:logout"
+    USER_DISABLED = "user:disabled"
+    USER_ENABLED = "user:enabled"
+    USER_UNLOCKED = "user:unlocked"
+    USER_MFA_RESET = "user:mfa-reset"
 
 
 @dataclass(frozen=True)

@@ -128,3 +128,56 @@ async def access_reason(conn: Conn, *, session_hash: bytes, recording_id: uuid.U
 async def list_for(conn: Conn, *, tenant: str) -> list[StaffUser]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM staff_users WHERE tenant = $1 ORDER BY email", tenant)
     return [_user(r) for r in rows]
+
+
+async def set_disabled(conn: Conn, *, tenant: str, user_id: uuid.UUID, disabled: bool) -> StaffUser | None:
+    """Disable (ending every session at once) or enable an account; None if not in this tenant
+    or already so."""
+    row = await conn.fetchrow(
+        f"""UPDATE staff_users SET disabled_at = CASE WHEN $3 THEN now() END
+            WHERE tenant = $1 AND id = $2 AND (disabled_at IS NOT NULL) <> $3
+            RETURNING {_COLUMNS}""",
+        tenant,
+        user_id,
+        disabled,
+    )
+    if row is not None and disabled:
+        await conn.execute("DELETE FROM staff_sessions WHERE user_id = $1", user_id)
+    return _user(row) if row else None
+
+
+async def unlock(conn: Conn, *, tenant: str, user_id: uuid.UUID) -> StaffUser | None:
+    row = await conn.fetchrow(
+        f"""UPDATE staff_users SET failed_logins = 0, locked_until = NULL
+            WHERE tenant = $1 AND id = $2 RETURNING {_COLUMNS}""",
+        tenant,
+        user_id,
+    )
+    return _user(row) if row else None
+
+
+async def reset_mfa(
+    conn: Conn, *, tenant: str, user_id: uuid.UUID, totp_sealed: bytes
+) -> StaffUser | None:
+    """A new TOTP secret to enrol at the next login; old recovery codes and sessions end."""
+    row = await conn.fetchrow(
+        f"""UPDATE staff_users SET totp_sealed = $3, mfa_enrolled_at = NULL, recovery_hashes = '{{}}'
+            WHERE tenant = $1 AND id = $2 RETURNING {_COLUMNS}""",
+        tenant,
+        user_id,
+        totp_sealed,
+    )
+    if row is not None:
+        await conn.execute("DELETE FROM staff_sessions WHERE user_id = $1", user_id)
+    return _user(row) if row else None
+
+
+async def lock_active_admins(conn: Conn, *, tenant: str) -> int:
+    """How many enabled admins the tenant has, locking their rows until the transaction ends (so
+    two admins disabling each other at once cannot leave the tenant with none)."""
+    rows = await conn.fetch(
+        """SELECT id FROM staff_users WHERE tenant = $1 AND role = 'admin' AND disabled_at IS NULL
+           FOR UPDATE""",
+        tenant,
+    )
+    return len(rows)

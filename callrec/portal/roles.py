@@ -18,6 +18,8 @@ AGENT_FILTER = "recordings:agent-filter"
 OPEN_RESTRICTED = "recordings:restricted"
 QUARANTINE_REVIEW = "quarantine:review"
 DELETIONS = "deletions"
+ACCESS_REQUESTS = "access-requests"
+RESTRICTIONS = "restrictions"
 HOLDS = "holds"
 AUDIT_LOG = "audit:read"
 DEAD_JOBS = "jobs:dead"
@@ -27,7 +29,16 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "support": frozenset({LIST_RECORDINGS, LISTEN}),
     "supervisor": frozenset({LIST_RECORDINGS, LISTEN, AGENT_FILTER}),
     "privacy": frozenset(
-        {LIST_RECORDINGS, LISTEN, AGENT_FILTER, OPEN_RESTRICTED, QUARANTINE_REVIEW, DELETIONS}
+        {
+            LIST_RECORDINGS,
+            LISTEN,
+            AGENT_FILTER,
+            OPEN_RESTRICTED,
+            QUARANTINE_REVIEW,
+            DELETIONS,
+            ACCESS_REQUESTS,
+            RESTRICTIONS,
+        }
     ),
     "legal": frozenset({LIST_RECORDINGS, LISTEN, AGENT_FILTER, OPEN_RESTRICTED, HOLDS}),
     "auditor": frozenset({AUDIT_LOG}),

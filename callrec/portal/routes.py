@@ -9,7 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from callrec.portal import views, work_views
+from callrec.portal import admin_views, rights_views, sso, views, work_views
 
 
 async def _to_portal(request: web.Request) -> web.Response:
@@ -29,6 +29,7 @@ def setup_portal(app: web.Application) -> None:
     app.router.add_get("/portal/mfa", views.mfa_form)
     app.router.add_post("/portal/mfa", views.mfa)
     app.router.add_post("/portal/logout", views.logout)
+    sso.add_routes(app)
     app.router.add_get("/portal/", views.recordings_page)
     app.router.add_get("/portal", _to_portal)
     app.router.add_get("/portal/recordings/{id}", views.recording_page)
@@ -46,6 +47,14 @@ def setup_portal(app: web.Application) -> None:
     app.router.add_get("/portal/audit.csv", work_views.audit_csv)
     app.router.add_get("/portal/jobs", work_views.jobs_page)
     app.router.add_post("/portal/jobs/{id}/retry", work_views.job_retry)
-    app.router.add_get("/portal/admin", work_views.admin_page)
-    app.router.add_post("/portal/admin/tokens", work_views.token_create)
-    app.router.add_post("/portal/admin/tokens/{id}/revoke", work_views.token_revoke)
+    app.router.add_get("/portal/access", rights_views.access_page)
+    app.router.add_post("/portal/access", rights_views.access_post)
+    app.router.add_post("/portal/recordings/{id}/restriction", rights_views.restriction_post)
+    app.router.add_get("/portal/admin", admin_views.admin_page)
+    app.router.add_post("/portal/admin/users", admin_views.user_add)
+    app.router.add_post("/portal/admin/users/{id}/disable", admin_views.user_disable)
+    app.router.add_post("/portal/admin/users/{id}/enable", admin_views.user_enable)
+    app.router.add_post("/portal/admin/users/{id}/unlock", admin_views.user_unlock)
+    app.router.add_post("/portal/admin/users/{id}/reset-mfa", admin_views.user_reset_mfa)
+    app.router.add_post("/portal/admin/tokens", admin_views.token_create)
+    app.router.add_post("/portal/admin/tokens/{id}/revoke", admin_views.token_revoke)

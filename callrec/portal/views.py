@@ -350,6 +350,7 @@ async def recording_page(request: web.Request) -> web.Response:
             reason=reason,
             peaks=peaks,
             can_listen=roles.can(user.role, roles.LISTEN),
+            can_restrict=roles.can(user.role, roles.RESTRICTIONS),
             now=datetime.now(UTC),
         ),
     )

@@ -33,9 +33,7 @@ from typing import Any
 
 import pyotp
 import pytest
-from twilio.request_validator import RequestValidator
 
-from callrec.app import worker_key
 from callrec.appkeys import db_key, keys_key
 from callrec.crypto import envelope
 from callrec.db import staff
@@ -54,8 +52,6 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 PASSWORD = "a long portal password"  # tests/portal/conftest.py's; conftest is not importable
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
 WAIT_MS = 10_000  # every Playwright wait is bounded by this
 TEST_BUDGET_S = 60  # and each whole test by this
 
@@ -130,36 +126,6 @@ async def shot(page: Any, name: str) -> Path:
 # --- the data: recordings through the real Twilio path, staff accounts ------------------------
 
 
-async def ingest(
-    portal: Any, fake: Any, audio: bytes, *, agent: str, caller: str = "+12125550123"
-) -> uuid.UUID:
-    """As tests/portal/test_portal_recordings.py: a signed Twilio callback, then the worker."""
-    sid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
-    fake.media[sid] = audio
-    fake.calls[csid] = {
-        "sid": csid,
-        "from": caller,
-        "to": "+16465550199",
-        "direction": "inbound",
-        "start_time": "Mon, 23 Nov 2026 10:00:00 +0000",
-    }
-    form = {
-        "AccountSid": TWILIO_SID,
-        "CallSid": csid,
-        "RecordingSid": sid,
-        "RecordingUrl": fake.recording_url(sid),
-        "RecordingStatus": "completed",
-    }
-    path = f"/webhooks/twilio/acme?consent=granted&basis=contract&agent={agent}"
-    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-    assert (await portal.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-    assert await portal.app[worker_key].run_once()
-    async with portal.app[db_key].acquire() as conn:
-        rid = await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
-    assert rid is not None
-    return rid
-
-
 class Person:
     def __init__(self, email: str, secret: str) -> None:
         self.email, self.secret = email, secret
@@ -210,13 +176,13 @@ def base(portal: Any) -> str:
 
 
 @pytest.fixture
-async def calls(portal: Any, fake_twilio: Any, audio_fixtures: Path) -> dict[str, uuid.UUID]:
+async def calls(portal: Any, ingest_call: Any, audio_fixtures: Path) -> dict[str, uuid.UUID]:
     with_notice = (audio_fixtures / "call-with-announcement.wav").read_bytes()
     without = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     return {
-        "billing": await ingest(portal, fake_twilio, with_notice, agent="agent-7", caller="+12125550188"),
-        "other": await ingest(portal, fake_twilio, without, agent="agent-2"),
-        "third": await ingest(portal, fake_twilio, with_notice, agent="agent-2"),
+        "billing": await ingest_call(with_notice, agent="agent-7", caller="+12125550188"),
+        "other": await ingest_call(without, agent="agent-2"),
+        "third": await ingest_call(with_notice, agent="agent-2"),
     }
 
 

@@ -9,31 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twilio.request_validator import RequestValidator
 
-from callrec.app import worker_key
 from callrec.appkeys import db_key
-
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
-
-
-async def ingest(portal: Any, fake: Any, audio: bytes, *, agent: str = "agent-1") -> uuid.UUID:
-    sid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
-    fake.media[sid] = audio
-    form = {
-        "AccountSid": TWILIO_SID,
-        "CallSid": csid,
-        "RecordingSid": sid,
-        "RecordingUrl": fake.recording_url(sid),
-        "RecordingStatus": "completed",
-    }
-    path = f"/webhooks/twilio/acme?consent=granted&basis=contract&agent={agent}"
-    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-    assert (await portal.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-    assert await portal.app[worker_key].run_once()
-    async with portal.app[db_key].acquire() as conn:
-        return await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
 
 
 def csrf(html: str) -> str:
@@ -43,8 +20,8 @@ def csrf(html: str) -> str:
 
 
 @pytest.fixture
-async def recording(portal: Any, fake_twilio: Any, audio_fixtures: Path) -> uuid.UUID:
-    return await ingest(portal, fake_twilio, (audio_fixtures / "call-with-announcement.wav").read_bytes())
+async def recording(portal: Any, ingest_call: Any, audio_fixtures: Path) -> uuid.UUID:
+    return await ingest_call((audio_fixtures / "call-with-announcement.wav").read_bytes())
 
 
 ROUTES = [
@@ -155,11 +132,11 @@ async def test_quarantined_and_restricted_are_kept_from_support(
 
 
 async def test_filters_and_the_agent_filter_is_for_supervisors(
-    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+    browser: Any, staff_factory: Any, portal: Any, ingest_call: Any, audio_fixtures: Path
 ) -> None:
     data = (audio_fixtures / "call-without-announcement.wav").read_bytes()
-    first = await ingest(portal, fake_twilio, data, agent="agent-1")
-    second = await ingest(portal, fake_twilio, data, agent="agent-2")
+    first = await ingest_call(data, agent="agent-1")
+    second = await ingest_call(data, agent="agent-2")
     sup, support = await staff_factory("supervisor"), await staff_factory("support")
     b, s = browser(), browser()
     await b.login(sup)

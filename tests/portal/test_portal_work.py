@@ -5,21 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twilio.request_validator import RequestValidator
 
 from callrec.app import worker_key
 from callrec.appkeys import db_key
 
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
 PAGES = [
     "/portal/holds",
     "/portal/deletions",
+    "/portal/access",
     "/portal/quarantine",
     "/portal/audit",
     "/portal/audit.csv",
@@ -29,7 +26,7 @@ PAGES = [
 ALLOWED = {
     "support": set(),
     "supervisor": set(),
-    "privacy": {"/portal/deletions", "/portal/quarantine"},
+    "privacy": {"/portal/deletions", "/portal/access", "/portal/quarantine"},
     "legal": {"/portal/holds"},
     "auditor": {"/portal/audit", "/portal/audit.csv"},
     "admin": {"/portal/jobs", "/portal/admin"},
@@ -40,25 +37,6 @@ def csrf(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]*)"', html)
     assert match
     return match.group(1)
-
-
-async def ingest(portal: Any, fake: Any, audio: bytes, caller: str = "+12125550123") -> uuid.UUID:
-    sid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
-    fake.media[sid] = audio
-    fake.calls[csid] = {"from": caller, "to": "+16465550199", "direction": "inbound"}
-    form = {
-        "AccountSid": TWILIO_SID,
-        "CallSid": csid,
-        "RecordingSid": sid,
-        "RecordingUrl": fake.recording_url(sid),
-        "RecordingStatus": "completed",
-    }
-    path = "/webhooks/twilio/acme?consent=granted&basis=contract&agent=agent-1"
-    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-    assert (await portal.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-    assert await portal.app[worker_key].run_once()
-    async with portal.app[db_key].acquire() as conn:
-        return await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
 
 
 @pytest.mark.parametrize("role", sorted(ALLOWED))
@@ -72,11 +50,11 @@ async def test_every_page_against_every_role(browser: Any, staff_factory: Any, r
 
 
 async def test_legal_places_a_hold_with_a_preview_and_releases_it(
-    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+    browser: Any, staff_factory: Any, portal: Any, ingest_call: Any, audio_fixtures: Path
 ) -> None:
     audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     for _ in range(2):
-        await ingest(portal, fake_twilio, audio)
+        await ingest_call(audio)
     legal = await staff_factory("legal")
     b = browser()
     await b.login(legal)
@@ -102,9 +80,9 @@ async def test_legal_places_a_hold_with_a_preview_and_releases_it(
 
 
 async def test_privacy_makes_a_deletion_request_for_a_caller(
-    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+    browser: Any, staff_factory: Any, portal: Any, ingest_call: Any, audio_fixtures: Path
 ) -> None:
-    rid = await ingest(portal, fake_twilio, (audio_fixtures / "call-without-announcement.wav").read_bytes())
+    rid = await ingest_call((audio_fixtures / "call-without-announcement.wav").read_bytes())
     privacy = await staff_factory("privacy")
     b = browser()
     await b.login(privacy)
@@ -125,10 +103,10 @@ async def test_privacy_makes_a_deletion_request_for_a_caller(
 
 
 async def test_privacy_reviews_quarantine(
-    browser: Any, staff_factory: Any, portal: Any, fake_twilio: Any, audio_fixtures: Path
+    browser: Any, staff_factory: Any, portal: Any, ingest_call: Any, audio_fixtures: Path
 ) -> None:
-    keep = await ingest(portal, fake_twilio, (audio_fixtures / "call-without-announcement.wav").read_bytes())
-    drop = await ingest(portal, fake_twilio, (audio_fixtures / "call-without-announcement.wav").read_bytes())
+    keep = await ingest_call((audio_fixtures / "call-without-announcement.wav").read_bytes())
+    drop = await ingest_call((audio_fixtures / "call-without-announcement.wav").read_bytes())
     async with portal.app[db_key].acquire() as conn:
         await conn.execute("UPDATE recordings SET state = 'quarantined' WHERE id = ANY($1)", [keep, drop])
     privacy = await staff_factory("privacy")

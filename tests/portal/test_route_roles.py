@@ -31,7 +31,15 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/portal/audit.csv"): {"auditor"},
     ("GET", "/portal/jobs"): {"admin"},
     ("POST", "/portal/jobs/{id}/retry"): {"admin"},
+    ("GET", "/portal/access"): {"privacy"},
+    ("POST", "/portal/access"): {"privacy"},
+    ("POST", "/portal/recordings/{id}/restriction"): {"privacy"},
     ("GET", "/portal/admin"): {"admin"},
+    ("POST", "/portal/admin/users"): {"admin"},
+    ("POST", "/portal/admin/users/{id}/disable"): {"admin"},
+    ("POST", "/portal/admin/users/{id}/enable"): {"admin"},
+    ("POST", "/portal/admin/users/{id}/unlock"): {"admin"},
+    ("POST", "/portal/admin/users/{id}/reset-mfa"): {"admin"},
     ("POST", "/portal/admin/tokens"): {"admin"},
     ("POST", "/portal/admin/tokens/{id}/revoke"): {"admin"},
 }
@@ -43,6 +51,8 @@ OPEN = {
     ("POST", "/portal/logout"),
     ("GET", "/portal"),
     ("GET", "/portal/static/"),
+    ("GET", "/portal/sso/callback"),
+    ("GET", "/portal/sso/{tenant}"),
 }
 
 

@@ -436,3 +436,67 @@ async def test_keyboard_only_login_and_the_recordings_at_200_percent_zoom(
                 )
         assert page.csp_errors == []
         assert not problems, "; ".join(problems)
+
+
+async def test_admin_adds_an_account_and_privacy_restricts_a_recording_and_prepares_a_copy(
+    portal: Any, base: str, calls: dict[str, uuid.UUID]
+) -> None:
+    admin, privacy = await person(portal.app, "admin"), await person(portal.app, "privacy")
+    zoomed = {"viewport": {"width": 640, "height": 400}, "device_scale_factor": 2}
+    problems: list[str] = []
+
+    async def fits(page: Any, what: str) -> None:
+        wide, window = await page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        if wide > window + 1:
+            problems.append(f"{what} scrolls sideways at 200 % zoom: {wide} CSS px in a {window} px window")
+
+    async with asyncio.timeout(TEST_BUDGET_S), chromium() as browser:
+        page = await new_page(browser, **zoomed)
+        await log_in(page, base, admin)
+        await page.goto(f"{base}/portal/admin")
+        await page.get_by_label("E-mail address").fill("new.agent@acme.example")
+        await page.get_by_label("Role", exact=True).select_option("support")
+        await page.get_by_role("button", name="Add the account").click()
+        notice = page.get_by_role("status")
+        await notice.wait_for()
+        text = await notice.inner_text()
+        assert "new.agent@acme.example" in text and "First password, shown only now" in text
+        await shot(page, "15-admin-account-added-200pct")
+        await fits(page, "the admin page")
+        row = page.locator("tbody tr", has_text="new.agent@acme.example")
+        await row.get_by_role("button", name="Disable new.agent@acme.example").click()
+        await page.wait_for_url(re.compile(r"/portal/admin"))
+        assert "disabled" in await page.locator("tbody tr", has_text="new.agent@acme.example").inner_text()
+
+        page = await new_page(browser, **zoomed)
+        await log_in(page, base, privacy)
+        await page.goto(f"{base}/portal/recordings/{calls['other']}")
+        await page.get_by_label("Reason (e.g. the caller's request reference)").fill(
+            "DSR-31: accuracy contested"
+        )
+        await page.get_by_role("button", name="Restrict this recording").click()
+        await page.wait_for_url(re.compile(rf"/portal/recordings/{calls['other']}$"))
+        assert await page.get_by_role("button", name="Lift the restriction").count() == 1
+        await fits(page, "a restricted recording")
+
+        await page.get_by_role("link", name="Access requests").click()
+        await page.wait_for_url(re.compile(r"/portal/access$"))
+        await page.get_by_label("Caller's phone number (+E.164)").fill("+1 212 555 0188")
+        await page.get_by_role("button", name="Prepare the copy").click()
+        status = page.get_by_role("status")
+        await status.wait_for()
+        assert "1 recording" in await status.inner_text()
+        link = await page.get_by_label("Download link").input_value()
+        assert "/api/v1/access-requests/" in link and "token=" in link
+        await shot(page, "16-access-request-200pct")
+        await fits(page, "the access requests page")
+        assert page.csp_errors == []
+
+    async with portal.app[db_key].acquire() as conn:
+        restricted = await conn.fetchval("SELECT restricted FROM recordings WHERE id = $1", calls["other"])
+        granted = await conn.fetchval("SELECT recording_ids FROM access_requests")
+        disabled = await conn.fetchval(
+            "SELECT disabled_at IS NOT NULL FROM staff_users WHERE email = 'new.agent@acme.example'"
+        )
+    assert restricted is True and granted == [calls["billing"]] and disabled is True
+    assert not problems, "; ".join(problems)

@@ -246,18 +246,27 @@ async def search(
     action: str | None,
     recording_id: uuid.UUID | None,
     limit: int,
+    at_from: datetime | None = None,
+    at_to: datetime | None = None,
+    before_seq: int | None = None,
 ) -> list[AuditEntry]:
-    """Newest first: one tenant's entries, filtered by actor, action and recording."""
+    """Newest first: one tenant's entries, filtered by actor, action, recording and time
+    (``at_from`` inclusive, ``at_to`` exclusive); ``before_seq`` pages back from an entry."""
     rows = await conn.fetch(
         """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash FROM audit_log
            WHERE tenant = $1 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action = $3)
              AND ($4::uuid IS NULL OR recording_id = $4)
+             AND ($6::timestamptz IS NULL OR at >= $6) AND ($7::timestamptz IS NULL OR at < $7)
+             AND ($8::bigint IS NULL OR seq < $8)
            ORDER BY seq DESC LIMIT $5""",
         tenant,
         actor,
         action,
         recording_id,
         limit,
+        at_from,
+        at_to,
+        before_seq,
     )
     return [
         AuditEntry(

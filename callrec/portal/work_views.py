@@ -13,6 +13,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -20,7 +21,7 @@ from aiohttp import web
 from callrec.api.body import parse_time
 from callrec.appkeys import config_key, db_key, keys_key
 from callrec.consent import quarantine
-from callrec.db import audit, deletions, holds, jobs, recordings
+from callrec.db import audit, deletions, holds, jobs, recordings, staff
 from callrec.errors import BadRequest
 from callrec.ingest.webhooks import normalise_e164
 from callrec.portal import roles
@@ -270,14 +271,22 @@ async def quarantine_decide(request: web.Request) -> web.Response:
 # --- audit log (auditor) -----------------------------------------------------------------------
 
 
+AUDIT_PAGE = 200
+
+
 async def _audit_rows(request: web.Request, limit: int) -> list[audit.AuditEntry]:
     q = request.query
     recording = None
     if q.get("recording"):
         try:
-            recording = uuid.UUID(q["recording"])
+            recording = uuid.UUID(q["recording"].strip())
         except ValueError:
             raise BadRequest("The recording filter must be a recording id.") from None
+    at_from = parse_time(q["from"], "From", default_utc=True) if q.get("from") else None
+    at_to = parse_time(q["to"], "To", default_utc=True) if q.get("to") else None
+    before = q.get("before", "")
+    if before and not before.isdigit():
+        raise BadRequest("The page link is not valid.")
     async with request.app[db_key].acquire() as conn:
         return await audit.search(
             conn,
@@ -286,23 +295,38 @@ async def _audit_rows(request: web.Request, limit: int) -> list[audit.AuditEntry
             action=q.get("action") or None,
             recording_id=recording,
             limit=limit,
+            at_from=at_from,
+            at_to=at_to,
+            before_seq=int(before) if before else None,
         )
+
+
+async def _actor_names(request: web.Request) -> dict[str, str]:
+    """Staff actors by name for the auditor's eyes (the log itself holds ids, never addresses)."""
+    async with request.app[db_key].acquire() as conn:
+        users = await staff.list_for(conn, tenant=staff_user(request).tenant)
+    return {f"staff:{u.id}": u.email for u in users}
 
 
 async def audit_page(request: web.Request) -> web.Response:
     roles.require(staff_user(request).role, roles.AUDIT_LOG)
-    rows = await _audit_rows(request, 500)
+    rows = await _audit_rows(request, AUDIT_PAGE + 1)
     async with request.app[db_key].acquire() as conn:
         verified = await audit.verify(conn)
+    filters = {k: v for k, v in request.query.items() if v and k != "before"}
+    older = urlencode({**filters, "before": rows[AUDIT_PAGE - 1].seq}) if len(rows) > AUDIT_PAGE else None
     return aiohttp_jinja2.render_template(
         "audit.html",
         request,
         page_context(
             request,
-            rows=rows,
+            rows=rows[:AUDIT_PAGE],
             q=request.query,
             verified=verified,
             actions=[a.value for a in audit.AuditAction],
+            names=await _actor_names(request),
+            export=urlencode(filters),
+            older=older,
         ),
     )
 
@@ -310,9 +334,12 @@ async def audit_page(request: web.Request) -> web.Response:
 async def audit_csv(request: web.Request) -> web.Response:
     roles.require(staff_user(request).role, roles.AUDIT_LOG)
     rows = await _audit_rows(request, 100_000)
+    names = await _actor_names(request)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["seq", "at", "actor", "action", "recording_id", "details", "hash", "prev_hash"])
+    writer.writerow(
+        ["seq", "at", "actor", "action", "recording_id", "details", "hash", "prev_hash", "actor_name"]
+    )
     for r in rows:
         writer.writerow(
             [
@@ -324,6 +351,7 @@ async def audit_csv(request: web.Request) -> web.Response:
                 json.dumps(r.details, sort_keys=True),
                 r.hash.hex(),
                 r.prev_hash.hex(),
+                names.get(r.actor, ""),
             ]
         )
     return web.Response(

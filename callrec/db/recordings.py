@@ -116,6 +116,8 @@ class RecordingFilter:
     announcement_verified: bool | None = None
     held: bool | None = None
     expires_before: datetime | None = None
+    min_duration_ms: int | None = None
+    max_duration_ms: int | None = None
 
 
 async def page(
@@ -145,6 +147,8 @@ async def page(
                        WHERE h.tenant = recordings.tenant AND h.released_at IS NULL
                          AND hold_covers(h, recordings)
                    ) = $15)
+              AND ($16::integer IS NULL OR duration_ms > $16)
+              AND ($17::integer IS NULL OR duration_ms < $17)
               AND ($8::timestamptz IS NULL OR (stored_at, id) < ($8, $9::uuid))
             ORDER BY stored_at DESC, id DESC
             LIMIT $10""",
@@ -163,8 +167,30 @@ async def page(
         filters.announcement_verified,
         filters.expires_before,
         filters.held,
+        filters.min_duration_ms,
+        filters.max_duration_ms,
     )
     return [_recording(r) for r in rows]
+
+
+async def agents(conn: Conn, *, tenant: str, limit: int = 500) -> list[str]:
+    """The agents named on the tenant's recordings, for the supervisors' agent filter.
+
+    A loose index scan over ``recordings_agent``: one index probe per distinct agent, however many
+    recordings each has."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE a(agent) AS (
+               (SELECT agent FROM recordings WHERE tenant = $1 AND agent IS NOT NULL ORDER BY agent LIMIT 1)
+               UNION ALL
+               SELECT (SELECT r.agent FROM recordings r
+                       WHERE r.tenant = $1 AND r.agent > a.agent ORDER BY r.agent LIMIT 1)
+               FROM a WHERE a.agent IS NOT NULL
+           )
+           SELECT agent FROM a WHERE agent IS NOT NULL LIMIT $2""",
+        tenant,
+        limit,
+    )
+    return [r["agent"] for r in rows]
 
 
 # Everything that could identify a person or decrypt the audio; a tombstone keeps none of it.

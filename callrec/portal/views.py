@@ -235,6 +235,14 @@ async def recordings_page(request: web.Request) -> web.Response:
             except BadRequest as exc:
                 errors.append(exc.message)
         expiring = q.get("expiring_days", "")
+        performance = roles.can(user.role, roles.AGENT_FILTER)
+        durations: dict[str, int | None] = {}
+        for name, label in (("min_minutes", "Longer than"), ("max_minutes", "Shorter than")):
+            raw = q.get(name, "").strip() if performance else ""
+            if raw and not (raw.isdigit() and int(raw) <= 24 * 60):
+                errors.append(f"{label} takes whole minutes (0 to 1440).")
+                raw = ""
+            durations[name] = int(raw) * 60_000 if raw else None
         filters = RecordingFilter(
             stored_from=stored_from,
             stored_to=stored_to,
@@ -249,7 +257,11 @@ async def recordings_page(request: web.Request) -> web.Response:
             expires_before=(datetime.now(UTC) + timedelta(days=int(expiring)))
             if expiring.isdigit()
             else None,
+            # Agents' performance filters, for supervisors (and privacy, legal): call length.
+            min_duration_ms=durations["min_minutes"],
+            max_duration_ms=durations["max_minutes"],
         )
+        agent_names = await recordings.agents(conn, tenant=user.tenant) if performance else []
         after = None
         if q.get("after"):
             stamp, _, rid = q["after"].partition("_")
@@ -291,6 +303,7 @@ async def recordings_page(request: web.Request) -> web.Response:
             errors=errors,
             next_after=next_after,
             now=datetime.now(UTC),
+            agents=agent_names,
         ),
     )
 

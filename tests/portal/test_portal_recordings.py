@@ -151,3 +151,51 @@ async def test_filters_and_the_agent_filter_is_for_supervisors(
     assert "E.164" in bad
     expiring = await (await b.get("/portal/?expiring_days=7")).text()
     assert "No recordings match." in expiring
+
+
+async def test_supervisors_filter_by_call_length_and_pick_agents_from_a_list(
+    browser: Any, staff_factory: Any, portal: Any, ingest_call: Any, audio_fixtures: Path
+) -> None:
+    data = (audio_fixtures / "call-without-announcement.wav").read_bytes()
+    short, long = await ingest_call(data, agent="agent-1"), await ingest_call(data, agent="agent-2")
+    async with portal.app[db_key].acquire() as conn:
+        # The fixtures are all under a minute: give one call the length of a long complaint.
+        await conn.execute("UPDATE recordings SET duration_ms = 12 * 60000 WHERE id = $1", long)
+    sup, support = await staff_factory("supervisor"), await staff_factory("support")
+    b, s = browser(), browser()
+    await b.login(sup)
+    await s.login(support)
+    longer = await (await b.get("/portal/?min_minutes=10")).text()
+    assert str(long) in longer and str(short) not in longer
+    shorter = await (await b.get("/portal/?max_minutes=10")).text()
+    assert str(short) in shorter and str(long) not in shorter
+    assert '<option value="agent-1"><option value="agent-2">' in shorter  # the agents' list
+    bad = await (await b.get("/portal/?min_minutes=ten")).text()
+    assert "whole minutes" in bad and str(short) in bad  # the bad filter is named and dropped
+    ignored = await (await s.get("/portal/?min_minutes=10")).text()
+    assert str(short) in ignored and 'id="min_minutes"' not in ignored and "agent-names" not in ignored
+
+
+async def test_the_agent_list_is_each_agent_once(portal: Any) -> None:
+    from callrec.db import recordings
+
+    async with portal.app[db_key].acquire() as conn:
+        await conn.execute(
+            """INSERT INTO recordings (id, tenant, provider, provider_recording_id, call_id, state,
+                                       agent, stored_at, expires_at, duration_ms, channels,
+                                       sample_rate, format, codec, size_bytes, sha256)
+               SELECT gen_random_uuid(), t, 'upload', 'r' || n || t, 'c' || n, 'stored',
+                      CASE WHEN n % 7 = 0 THEN NULL ELSE 'agent-' || (n % 5) END,
+                      now(), now() + interval '90 days', 1000, 1, 8000, 'wav', 'pcm_s16le', 16000, ''
+               FROM generate_series(1, 300) n, (VALUES ('acme'), ('other')) AS v(t)"""
+        )
+        found = await recordings.agents(conn, tenant="acme")
+        expected = [
+            r["agent"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT agent FROM recordings WHERE tenant = 'acme' AND agent IS NOT NULL ORDER BY 1"
+            )
+        ]
+        assert found == expected == [f"agent-{i}" for i in range(5)]
+        assert await recordings.agents(conn, tenant="acme", limit=2) == ["agent-0", "agent-1"]
+        assert await recordings.agents(conn, tenant="nobody") == []

@@ -117,6 +117,24 @@ class AnnouncementConfig:
 
 
 @dataclass(frozen=True)
+class OidcConfig:
+    """Single sign-on to the staff portal through the tenant's OpenID Connect provider:
+    ``[tenants.<t>.oidc]`` (``callrec.portal.sso`` runs the flow)."""
+
+    # https URL; the provider's metadata is read from <issuer>/.well-known/openid-configuration.
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    # Space-separated; "openid" and "email" are required (accounts are matched by e-mail).
+    scopes: str = "openid email"
+    # The login page's button says "Sign in with <display_name>"; empty: the tenant's name.
+    display_name: str = ""
+    # "amr" values (RFC 8176) that count as multi-factor authentication done at the provider;
+    # without one of them the staff member still passes callrec's own TOTP step.
+    mfa_amr: tuple[str, ...] = ("mfa", "otp", "hwk", "swk")
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     name: str
     retention: timedelta = timedelta(days=90)
@@ -141,6 +159,8 @@ class TenantConfig:
     # by the loader. Typed loosely here because the policy module itself imports this one.
     policy: Any = None
     announcements: Mapping[str, AnnouncementConfig] = field(default_factory=dict)
+    # [tenants.<t>.oidc]: single sign-on for the portal; None (no table) turns it off.
+    oidc: OidcConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +313,7 @@ def _tenant(name: str, body: Mapping[str, Any]) -> TenantConfig:
     from callrec.consent.policy import policy_config_from_mapping  # imports this module
 
     key = f"tenants.{name}"
-    plain = {k: v for k, v in body.items() if k not in ("policy", "announcements")}
+    plain = {k: v for k, v in body.items() if k not in ("policy", "announcements", "oidc")}
     policy_raw = body.get("policy", {})
     if not isinstance(policy_raw, Mapping):
         raise ConfigError(f"{key}.policy: expected a table")
@@ -317,9 +337,43 @@ def _tenant(name: str, body: Mapping[str, Any]) -> TenantConfig:
         announcements[ann_id] = AnnouncementConfig(
             id=ann_id, audio=Path(ann["audio"]), language=ann["language"], version=str(version)
         )
-    tenant: TenantConfig = _build(TenantConfig, key, plain, name=name, announcements=announcements)
+    oidc = _oidc(f"{key}.oidc", body["oidc"]) if "oidc" in body else None
+    if oidc is not None and name == "callback":
+        raise ConfigError(
+            f"{key}.oidc: a tenant named 'callback' cannot use single sign-on (its path is taken)"
+        )
+    tenant: TenantConfig = _build(TenantConfig, key, plain, name=name, announcements=announcements, oidc=oidc)
     policy = policy_config_from_mapping(policy_raw, key=f"{key}.policy", tenant_retention=tenant.retention)
     return replace(tenant, policy=policy)
+
+
+# Plain http only for an identity provider on this machine (tests, a local development IdP).
+_LOOPBACK_HTTP = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d{1,5})?(/[^\s?#]*)?$")
+_HTTPS_URL = re.compile(r"^https://[^/\s?#@]+(/[^\s?#]*)?$")
+
+
+def _oidc(key: str, raw: object) -> OidcConfig:
+    """``[tenants.<t>.oidc]``. The issuer must be https (OpenID Connect Discovery 1.0 §2 and
+    §4.3), because everything the portal trusts about a sign-in comes from it."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: expected a table with issuer, client_id and client_secret")
+    oidc: OidcConfig = _build(OidcConfig, key, raw)
+    if not oidc.issuer:
+        raise ConfigError(f"{key}.issuer: required")
+    if not (_HTTPS_URL.match(oidc.issuer) or _LOOPBACK_HTTP.match(oidc.issuer)):
+        raise ConfigError(
+            f"{key}.issuer: expected an https URL without query or fragment (plain http only for "
+            f"127.0.0.1 or localhost), got {oidc.issuer!r}"
+        )
+    if not oidc.client_id:
+        raise ConfigError(f"{key}.client_id: required")
+    if not oidc.client_secret:
+        env = "CALLREC_" + key.upper().replace(".", "__") + "__CLIENT_SECRET"
+        raise ConfigError(f"{key}.client_secret: required (in the file or as {env})")
+    scopes = oidc.scopes.split()
+    if "openid" not in scopes or "email" not in scopes:
+        raise ConfigError(f'{key}.scopes: must include "openid" and "email", got {oidc.scopes!r}')
+    return replace(oidc, scopes=" ".join(scopes))
 
 
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:

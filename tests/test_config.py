@@ -96,10 +96,12 @@ def test_example_config_documents_every_key() -> None:
         for name in cls.__dataclass_fields__:
             assert f"{name} =" in text or f"# {name} =" in text, f"{section}.{name} is not documented"
     for name in config_module.TenantConfig.__dataclass_fields__:
-        if name in ("policy", "announcements"):  # tables of their own
+        if name in ("policy", "announcements", "oidc"):  # tables of their own
             assert f"[tenants.default.{name}" in text or f"# [tenants.default.{name}" in text, name
         elif name != "name":
             assert f"{name} =" in text, f"tenants.<name>.{name} is not documented"
+    for name in config_module.OidcConfig.__dataclass_fields__:
+        assert f"# {name} =" in text, f"tenants.<name>.oidc.{name} is not documented"
     from callrec.consent.policy import PolicyConfig
 
     for name in PolicyConfig.__dataclass_fields__:

@@ -54,6 +54,8 @@ class AuditAction(StrEnum):
     USER_ADDED = "user:added"
     USER_LOGIN = "user:login"
     USER_LOGIN_FAILED = "user:login-failed"
+    # Single sign-on passed at the provider, without MFA there: callrec's TOTP step follows.
+    USER_SSO_VERIFIED = "user:sso-verified"
     USER_LOCKED = "user:locked"
     USER_MFA_ENROLLED = "user:mfa-enrolled"
     USER_LOGOUT = "user:logout"

@@ -114,7 +114,7 @@ def user_id_of(request: web.Request) -> uuid.UUID:
 
 
 # Paths that work without a logged-in session (everything else redirects to the login page).
-PUBLIC = ("/portal/login", "/portal/static/")
+PUBLIC = ("/portal/login", "/portal/static/", "/portal/sso/")
 # Paths that work after the password but before MFA.
 PRE_MFA = ("/portal/mfa", "/portal/logout")
 

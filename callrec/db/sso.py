@@ -1,0 +1,88 @@
+"""Single sign-on: sign-ins under way (one-time state rows) and the provider subject of accounts."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from callrec.db import Conn
+
+
+@dataclass(frozen=True)
+class SsoState:
+    tenant: str
+    browser_hash: bytes
+    nonce: str
+    code_verifier: str
+    expired: bool
+
+
+async def save_state(
+    conn: Conn,
+    *,
+    state_hash: bytes,
+    tenant: str,
+    browser_hash: bytes,
+    nonce: str,
+    code_verifier: str,
+    ttl: timedelta,
+) -> None:
+    # Clearing expired rows here keeps the table small without a sweeper of its own.
+    await conn.execute("DELETE FROM sso_states WHERE expires_at < now()")
+    await conn.execute(
+        """INSERT INTO sso_states (state_hash, tenant, browser_hash, nonce, code_verifier, expires_at)
+           VALUES ($1, $2, $3, $4, $5, now() + $6::interval)""",
+        state_hash,
+        tenant,
+        browser_hash,
+        nonce,
+        code_verifier,
+        ttl,
+    )
+
+
+async def take_state(conn: Conn, state_hash: bytes) -> SsoState | None:
+    """The state row, deleted in the same statement: a state works once, even when two
+    requests race with it."""
+    row = await conn.fetchrow(
+        """DELETE FROM sso_states WHERE state_hash = $1
+           RETURNING tenant, browser_hash, nonce, code_verifier, expires_at <= now() AS expired""",
+        state_hash,
+    )
+    if row is None:
+        return None
+    return SsoState(
+        row["tenant"], bytes(row["browser_hash"]), row["nonce"], row["code_verifier"], row["expired"]
+    )
+
+
+@dataclass(frozen=True)
+class SubjectLink:
+    issuer: str | None
+    subject: str | None
+
+
+async def subject_of(conn: Conn, user_id: uuid.UUID) -> SubjectLink:
+    """The account's provider subject, its row locked until the transaction ends."""
+    row = await conn.fetchrow(
+        "SELECT oidc_issuer, oidc_subject FROM staff_users WHERE id = $1 FOR UPDATE", user_id
+    )
+    return SubjectLink(row["oidc_issuer"], row["oidc_subject"]) if row else SubjectLink(None, None)
+
+
+async def holder_of(conn: Conn, *, issuer: str, subject: str) -> uuid.UUID | None:
+    """The account this provider subject is linked to, if any."""
+    holder: uuid.UUID | None = await conn.fetchval(
+        "SELECT id FROM staff_users WHERE oidc_issuer = $1 AND oidc_subject = $2", issuer, subject
+    )
+    return holder
+
+
+async def link_subject(conn: Conn, user_id: uuid.UUID, *, issuer: str, subject: str) -> None:
+    await conn.execute(
+        "UPDATE staff_users SET oidc_issuer = $2, oidc_subject = $3 WHERE id = $1",
+        user_id,
+        issuer,
+        subject,
+    )

@@ -63,6 +63,7 @@ class AuditAction(StrEnum):
     USER_ENABLED = "user:enabled"
     USER_UNLOCKED = "user:unlocked"
     USER_MFA_RESET = "user:mfa-reset"
+    USER_SSO_UNLINKED = "user:sso-unlinked"
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,22 @@ async def link_subject(conn: Conn, user_id: uuid.UUID, *, issuer: str, subject: 
         issuer,
         subject,
     )
+
+
+async def unlink_subject(conn: Conn, *, tenant: str, user_id: uuid.UUID) -> bool:
+    """Forget the account's provider subject (the person's provider account was recreated); the next
+    single sign-on links the new one. False when the account is not in this tenant or has no link."""
+    done = await conn.fetchval(
+        """UPDATE staff_users SET oidc_issuer = NULL, oidc_subject = NULL
+           WHERE tenant = $1 AND id = $2 AND oidc_subject IS NOT NULL RETURNING id""",
+        tenant,
+        user_id,
+    )
+    return done is not None
+
+
+async def linked_users(conn: Conn, *, tenant: str) -> set[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT id FROM staff_users WHERE tenant = $1 AND oidc_subject IS NOT NULL", tenant
+    )
+    return {r["id"] for r in rows}

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from callrec.api.auth import SCOPES
 from callrec.appkeys import config_key, db_key, keys_key
-from callrec.db import audit, staff, tokens
+from callrec.db import audit, sso, staff, tokens
 from callrec.errors import BadRequest
 from callrec.portal import accounts, roles, users
 from callrec.portal.forms import actor, form_text, page_context, path_uuid, staff_user
@@ -57,6 +57,7 @@ async def _render(request: web.Request, **shown: Any) -> web.Response:
     async with request.app[db_key].acquire() as conn:
         staff_users = await staff.list_for(conn, tenant=user.tenant)
         api_tokens = await tokens.list_for(conn, tenant=user.tenant)
+        sso_linked = await sso.linked_users(conn, tenant=user.tenant)
     return aiohttp_jinja2.render_template(
         "admin.html",
         request,
@@ -68,6 +69,7 @@ async def _render(request: web.Request, **shown: Any) -> web.Response:
             roles=accounts.ROLES,
             settings=_settings(request),
             me=user.id,
+            sso_linked=sso_linked,
             **({"new_token": None, "new_account": None, "mfa_reset": None} | shown),
         ),
     )
@@ -172,6 +174,18 @@ async def user_reset_mfa(request: web.Request) -> web.Response:
     if reset is None:
         raise web.HTTPNotFound()
     return await _render(request, mfa_reset=reset.email)
+
+
+async def user_unlink_sso(request: web.Request) -> web.Response:
+    """The person's account at the identity provider was recreated (a new subject)."""
+    user = staff_user(request)
+    roles.require(user.role, roles.ADMIN)
+    async with request.app[db_key].acquire() as conn, conn.transaction():
+        if not await users.unlink_sso(
+            conn, tenant=user.tenant, user_id=path_uuid(request), actor=actor(request), via="portal"
+        ):
+            raise web.HTTPNotFound()
+    return redirect("/portal/admin#users")
 
 
 def _sentence(exc: Exception) -> str:

@@ -56,5 +56,6 @@ def setup_portal(app: web.Application) -> None:
     app.router.add_post("/portal/admin/users/{id}/enable", admin_views.user_enable)
     app.router.add_post("/portal/admin/users/{id}/unlock", admin_views.user_unlock)
     app.router.add_post("/portal/admin/users/{id}/reset-mfa", admin_views.user_reset_mfa)
+    app.router.add_post("/portal/admin/users/{id}/unlink-sso", admin_views.user_unlink_sso)
     app.router.add_post("/portal/admin/tokens", admin_views.token_create)
     app.router.add_post("/portal/admin/tokens/{id}/revoke", admin_views.token_revoke)

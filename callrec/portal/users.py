@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callrec.crypto import envelope
-from callrec.db import Conn, audit, staff
+from callrec.db import Conn, audit, sso, staff
 from callrec.portal import accounts
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -156,3 +156,18 @@ async def reset_mfa(
         details={"user_id": str(user_id), "via": via},
     )
     return user
+
+
+async def unlink_sso(conn: Conn, *, tenant: str, user_id: uuid.UUID, actor: str, via: str) -> bool:
+    """The person's account at the identity provider was recreated: let the next sign-in link anew."""
+    if not await sso.unlink_subject(conn, tenant=tenant, user_id=user_id):
+        return False
+    await conn.execute("DELETE FROM staff_sessions WHERE user_id = $1", user_id)
+    await audit.record(
+        conn,
+        tenant=tenant,
+        actor=actor,
+        action=audit.AuditAction.USER_SSO_UNLINKED,
+        details={"user_id": str(user_id), "via": via},
+    )
+    return True

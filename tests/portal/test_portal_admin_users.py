@@ -243,3 +243,34 @@ async def test_admin_cannot_touch_another_tenants_accounts(
             )
             == 0
         )
+
+
+async def test_admin_forgets_an_sso_link_after_the_provider_account_was_recreated(
+    browser: Any, staff_factory: Any, portal: Any
+) -> None:
+    from callrec.db import sso
+
+    admin = await staff_factory("admin")
+    agent, outsider = await staff_factory("support"), await staff_factory("support", tenant="other")
+    agent_id, outsider_id = await user_id(portal, agent.email), await user_id(portal, outsider.email)
+    async with portal.app[db_key].acquire() as conn:
+        await sso.link_subject(conn, agent_id, issuer="https://idp.acme.example", subject="old-sub")
+        await sso.link_subject(conn, outsider_id, issuer="https://idp.other.example", subject="x")
+    a = browser()
+    await a.login(admin)
+    page = await (await a.get("/portal/admin")).text()
+    assert f"/portal/admin/users/{agent_id}/unlink-sso" in page
+    token = field(page, "csrf_token")
+    assert (
+        await a.post(f"/portal/admin/users/{outsider_id}/unlink-sso", {"csrf_token": token})
+    ).status == 404
+    assert (await a.post(f"/portal/admin/users/{agent_id}/unlink-sso", {"csrf_token": token})).status == 303
+    assert (await a.post(f"/portal/admin/users/{agent_id}/unlink-sso", {"csrf_token": token})).status == 404
+    async with portal.app[db_key].acquire() as conn:
+        links = {
+            r["id"]: r["oidc_subject"] for r in await conn.fetch("SELECT id, oidc_subject FROM staff_users")
+        }
+    assert links[agent_id] is None and links[outsider_id] == "x"
+    assert [r["details"] for r in await audit_rows(portal, "user:sso-unlinked")] == [
+        {"user_id": str(agent_id), "via": "portal"}
+    ]

@@ -40,6 +40,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/portal/admin/users/{id}/enable"): {"admin"},
     ("POST", "/portal/admin/users/{id}/unlock"): {"admin"},
     ("POST", "/portal/admin/users/{id}/reset-mfa"): {"admin"},
+    ("POST", "/portal/admin/users/{id}/unlink-sso"): {"admin"},
     ("POST", "/portal/admin/tokens"): {"admin"},
     ("POST", "/portal/admin/tokens/{id}/revoke"): {"admin"},
 }

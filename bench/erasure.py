@@ -26,11 +26,11 @@ then ``VACUUM ANALYZE`` as autovacuum would have done on a live table.
    per-key path is measured with 200, and batch with both 200 and 1,000). Timed to
    the request's ``completed`` (every recording tombstoned and its key destroyed: one
    transaction) and to the last object version gone (every ``object.delete`` job done).
-   - per-key: the worker as it is: one ``object.delete`` job per recording
-     (``erasure.delete_erased_object``: a listing and a DeleteObjects per key on S3).
-   - batch: the worker's ``deletion.process`` handler replaced, in this process only, by the
-     wiring proposed for it: ``service.process_request(..., erased_objects=...)`` then, after
-     the commit, ``erasure.delete_objects_now`` (one ``delete_objects`` call).
+   - batch: the worker as it is: ``service.process_request(..., erased_objects=...)`` then,
+     after the commit, ``erasure.delete_objects_now`` (one ``delete_objects`` call).
+   - per-key: the worker's ``deletion.process`` handler replaced, in this process only, by the
+     one it had before batch deletes: the objects are left to one ``object.delete`` job per
+     recording (``erasure.delete_erased_object``: a listing and a DeleteObjects per key on S3).
 2. Sweep: ``callrec.retention.sweeper.sweep`` over N expired recordings (batch 500).
    - batch: the sweeper as it is (``delete_objects`` every 5,000 erased recordings).
    - per-key: the same sweeper over a store whose ``delete_objects`` calls
@@ -59,12 +59,9 @@ import io
 import json
 import logging
 import os
-import platform
 import secrets
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,6 +76,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
+from machine import loadavg, machine_info, machine_lines
 
 from callrec.config import Config, config_from_mapping
 
@@ -97,6 +95,7 @@ MOTO_RSS_LIMIT_KIB = 4 * 1024 * 1024
 SEED_CONCURRENCY = 16
 HARD_LIMIT_S = 75 * 60  # the whole run, whatever happens (a full run takes about 15 minutes)
 POLL_S = 0.01
+PACKAGES = ("asyncpg", "boto3", "moto")  # versions quoted with the machine
 
 
 @dataclass(frozen=True)
@@ -677,21 +676,18 @@ def pairs(rows: list[asyncpg.Record]) -> dict[str, int]:
 # --- 1. deletion request ---------------------------------------------------------------------------
 
 
-def install_batched_deletion(world: World) -> None:
-    """Replace the worker's ``deletion.process`` handler (this process only) by the proposed
-    wiring: erase in the job's transaction, collecting the object keys; after the commit, delete
-    them in one batch (their object.delete jobs are held back meanwhile and finished inline)."""
-    from callrec import erasure
+def install_per_key_deletion(world: World) -> None:
+    """Replace the worker's ``deletion.process`` handler (this process only) by the one it had
+    before batch deletes: erase in the job's transaction and leave each object to its own
+    ``object.delete`` job, which the workers then take one by one."""
     from callrec.app import worker_key
-    from callrec.appkeys import store_key
     from callrec.db import jobs
-    from callrec.ingest.worker import WORKER_ACTOR, LeaseLost
+    from callrec.ingest.worker import LeaseLost
     from callrec.retention import service
 
     worker = world.app[worker_key]
 
     async def process_deletion(job: jobs.Job, tenant: Any) -> None:
-        erased: list[tuple[str, str]] = []
         async with worker.pool.acquire() as conn, conn.transaction():
             if not await jobs.complete(conn, job.id, worker_id=worker.id):
                 raise LeaseLost
@@ -701,10 +697,7 @@ def install_batched_deletion(world: World) -> None:
                 request_id=uuid.UUID(job.payload["request_id"]),
                 actor="system:deletions",
                 max_attempts=worker.config.ingest.max_attempts,
-                erased_objects=erased,
             )
-        if erased:
-            await erasure.delete_objects_now(worker.pool, worker.app[store_key], erased, actor=WORKER_ACTOR)
 
     worker._handlers[service.DELETION_PROCESS] = process_deletion
 
@@ -725,8 +718,8 @@ async def measure_request(r: Request, s: Settings, root_url: str, tmp: Path, end
         )
         subject_keys = [key for _, key in items[:subject]]
         other_keys = [key for _, key in items[subject:]]
-        if variant == "batch":
-            install_batched_deletion(world)
+        if variant == "per-key":
+            install_per_key_deletion(world)
         async with world.pool.acquire() as conn:
             _, token = await tokens.create(
                 conn, tenant=TENANT, name="bench", scopes=["deletions:write", "deletions:read"]
@@ -899,97 +892,6 @@ async def measure_sweep(w: Sweep, s: Settings, root_url: str, tmp: Path, endpoin
         await close_world(world)
 
 
-# --- the machine -----------------------------------------------------------------------------------
-
-
-def fsync_latency(directory: Path, count: int = 50, seconds: float = 5.0) -> float:
-    probe = directory / "fsync-probe"
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for i in range(count):
-            if time.perf_counter() > deadline:
-                break
-            start = time.perf_counter()
-            os.pwrite(fd, os.urandom(4096), 4096 * i)
-            os.fsync(fd)
-            times.append(time.perf_counter() - start)
-    finally:
-        os.close(fd)
-        probe.unlink(missing_ok=True)
-    return statistics.median(times)
-
-
-def callrec_revision() -> str:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(  # noqa: S603 - fixed argument list, no shell
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],  # noqa: S607
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(  # noqa: S603
-            ["git", "-C", str(repo), "status", "--porcelain", "--", "callrec"],  # noqa: S607
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + (" + uncommitted changes in callrec/" if dirty else "")
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def meminfo_gib() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return round(int(line.split()[1]) / 2**20, 1)
-    return 0.0
-
-
-async def machine_info(root_url: str, tmp: Path) -> dict[str, Any]:
-    import boto3
-    import moto
-
-    conn = await asyncpg.connect(root_url)
-    try:
-        pg = {
-            name: await conn.fetchval(f"SHOW {name}")
-            for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method")
-        }
-    finally:
-        await conn.close()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model(),
-        "memory_gib": meminfo_gib(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "callrec": callrec_revision(),
-        "asyncpg": asyncpg.__version__,
-        "boto3": boto3.__version__,
-        "moto": moto.__version__,
-        "postgresql": pg,
-        "fsync_ms_median": 1000 * fsync_latency(tmp),
-        "loadavg_at_start": loadavg(),
-        "date": datetime.now(UTC).date().isoformat(),
-    }
-
-
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -1012,17 +914,10 @@ def moto_label(r: dict[str, Any]) -> str:
 
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
-    pg = m["postgresql"]
     lines = [
         f"callrec erasure bench ({'quick' if report['quick'] else 'full'}), {report['seconds']:.0f} s,"
         f" {m['date']}",
-        f"callrec: {m['callrec']}",
-        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}",
-        f"         Python {m['python']}, asyncpg {m['asyncpg']}, boto3 {m['boto3']}, moto {m['moto']},"
-        f" PostgreSQL {pg['server_version']} (pgserver; fsync={pg['fsync']},"
-        f" synchronous_commit={pg['synchronous_commit']}, wal_sync_method={pg['wal_sync_method']}),"
-        f" fsync 4 KiB median {m['fsync_ms_median']:.2f} ms",
-        f"         load average (1/5/15 min) at start {m['loadavg_at_start']}, at end {m['loadavg_at_end']}",
+        *machine_lines(m, packages=PACKAGES),
         "",
         "1. Deletion request: POST /api/v1/deletion-requests {subject: phone} -> Worker.run -> completed,"
         " then every object version gone",
@@ -1142,7 +1037,7 @@ async def bench(s: Settings) -> dict[str, Any]:
         server = await asyncio.to_thread(get_server, str(tmp / "pg"), cleanup_mode="stop")
         try:
             root_url = server.get_uri()
-            machine = await machine_info(root_url, tmp)
+            machine = await machine_info(root_url, tmp, packages=PACKAGES)
             plan: list[tuple[str, Request | Sweep]] = [("requests", r) for r in s.requests]
             plan += [("sweeps", w) for w in s.sweeps]
             for kind, item in plan:

@@ -32,7 +32,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -50,6 +49,7 @@ from urllib.parse import urlencode
 import aiohttp
 import asyncpg
 from aiohttp import web
+from machine import loadavg, machine_info, machine_lines
 
 from callrec.config import Config, config_from_mapping
 
@@ -64,6 +64,7 @@ CALLBACK_PATH = f"/webhooks/twilio/{TENANT}?" + urlencode(
     {"announcement": "rec-notice", "consent": "implied", "basis": "legitimate_interests"}
 )
 HARD_LIMIT_S = 15 * 60  # the whole run, whatever happens
+PACKAGES = ("aiohttp", "asyncpg")  # versions quoted with the machine
 _T = TypeVar("_T")
 
 
@@ -902,119 +903,14 @@ async def phase_rss(s: Settings, root_url: str, tmp: Path) -> dict[str, Any]:
     return out
 
 
-def fsync_latency(directory: Path, count: int = 50, seconds: float = 5.0) -> float:
-    """Median seconds of a 4 KiB write + fsync in ``directory`` (where PostgreSQL's WAL is)."""
-    probe = directory / "fsync-probe"
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for i in range(count):
-            if time.perf_counter() > deadline:
-                break
-            start = time.perf_counter()
-            os.pwrite(fd, os.urandom(4096), 4096 * i)
-            os.fsync(fd)
-            times.append(time.perf_counter() - start)
-    finally:
-        os.close(fd)
-        probe.unlink(missing_ok=True)
-    return statistics.median(times)
-
-
-def callrec_revision() -> str:
-    """The commit measured, and whether the work tree had uncommitted changes to callrec/."""
-    import subprocess
-
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(  # noqa: S603 - fixed argument list, no shell
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],  # noqa: S607
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(  # noqa: S603
-            ["git", "-C", str(repo), "status", "--porcelain", "--", "callrec"],  # noqa: S607
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + (" + uncommitted changes in callrec/" if dirty else "")
-
-
-def loadavg() -> str:
-    """The 1, 5 and 15 minute load averages: other work on the machine skews every number here."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-async def machine_info(root_url: str, tmp: Path) -> dict[str, Any]:
-    model = cpu_model()
-    mem_kib = proc_meminfo_kib("MemTotal")
-    conn = await asyncpg.connect(root_url)
-    try:
-        pg = {
-            name: await conn.fetchval(f"SHOW {name}")
-            for name in (
-                "server_version",
-                "fsync",
-                "synchronous_commit",
-                "wal_sync_method",
-                "max_connections",
-            )
-        }
-    finally:
-        await conn.close()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "callrec": callrec_revision(),
-        "aiohttp": aiohttp.__version__,
-        "asyncpg": asyncpg.__version__,
-        "postgresql": pg,
-        "fsync_ms_median": 1000 * fsync_latency(tmp),
-        "loadavg_at_start": loadavg(),
-    }
-
-
-def proc_meminfo_kib(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 # --- report --------------------------------------------------------------------------------------
 
 
 def render(report: dict[str, Any]) -> str:
     m, acks, e2e, rss = report["machine"], report["acks"], report["e2e"], report["rss"]
-    pg = m["postgresql"]
     lines = [
         f"callrec ingest bench ({'quick' if report['quick'] else 'full'}), {report['seconds']:.0f} s",
-        f"callrec: {m['callrec']}",
-        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}",
-        f"         Python {m['python']}, aiohttp {m['aiohttp']}, asyncpg {m['asyncpg']}, "
-        f"PostgreSQL {pg['server_version']} (pgserver; fsync={pg['fsync']}, "
-        f"synchronous_commit={pg['synchronous_commit']}, wal_sync_method={pg['wal_sync_method']}), "
-        f"fsync 4 KiB median {m['fsync_ms_median']:.2f} ms",
-        f"         load average (1/5/15 min) at start {m['loadavg_at_start']}, at end {m['loadavg_at_end']}"
-        f" (on {m['nproc']} CPUs: anything else running skews these numbers)",
+        *machine_lines(m, packages=PACKAGES),
         "",
         f"1. Webhook acks: signed recordingStatusCallback POSTs, {acks['seconds_per_run']:.0f} s per run "
         f"(at most {acks['max_requests_per_run']}) after {acks['warmup_per_run']} warm-up, concurrency "
@@ -1110,7 +1006,7 @@ async def bench(s: Settings) -> dict[str, Any]:
         server = await asyncio.to_thread(get_server, str(pgdata), cleanup_mode="stop")
         try:
             root_url = server.get_uri()
-            machine = await machine_info(root_url, tmp)
+            machine = await machine_info(root_url, tmp, packages=PACKAGES)
             acks = await phase_acks(s, root_url, pgdata, tmp)
             e2e = await phase_e2e(s, root_url, pgdata, tmp)
             rss = await phase_rss(s, root_url, tmp)

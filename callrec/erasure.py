@@ -8,9 +8,9 @@ transaction holds the tenant's hold lock in shared mode while placing a hold tak
 The wrapped key, the sealed phone numbers and their hashes go in that transaction, together with
 the audit entry, leaving a tombstone (ids, dates, reason). From that commit on the ciphertext is
 unreadable everywhere, backups included. The object versions are deleted after the commit: by the
-caller at once where it can (the sweeper does, many keys per store call through
-:func:`delete_objects_now`), and in any case by a durable ``object.delete`` job queued in the same
-transaction, so a store outage delays their removal but never loses it.
+caller at once where it can (the sweeper and the worker deciding a deletion request do, many keys
+per store call through :func:`delete_objects_now`), and in any case by a durable ``object.delete``
+job queued in the same transaction, so a store outage delays their removal but never loses it.
 
 Why the key goes first although the object goes too: deleting objects before the hold check is
 committed could destroy audio that a hold placed a moment later should have kept; once the
@@ -32,7 +32,7 @@ from callrec.storage.base import ObjectLocked, ObjectStore
 
 log = logging.getLogger(__name__)
 
-DELETE_OBJECT = "object.delete"
+DELETE_OBJECT = jobs.DELETE_OBJECT
 # How long the object.delete jobs of a caller that deletes the objects itself (in a batch, after
 # its commit) wait before workers may take them: see hold_back_object_jobs.
 INLINE_DELETE_GRACE = timedelta(minutes=10)
@@ -73,21 +73,7 @@ async def hold_back_object_jobs(conn: Conn, erased: Sequence[tuple[str, str]]) -
     due only after :data:`INLINE_DELETE_GRACE`, so that workers do not take them one by one while
     the batch is under way. They stay the fallback: if the caller dies first they run after the
     grace, and if the store fails :func:`delete_objects_now` makes them due at once."""
-    if erased:
-        await _set_object_jobs_due(conn, erased, INLINE_DELETE_GRACE)
-
-
-async def _set_object_jobs_due(conn: Conn, erased: Sequence[tuple[str, str]], after: timedelta) -> None:
-    await conn.execute(
-        """UPDATE jobs j SET run_at = now() + $3, updated_at = now()
-           FROM unnest($1::text[], $2::text[]) AS k(tenant, object_key)
-           WHERE j.tenant = k.tenant AND j.kind = $4 AND j.dedupe_key = k.object_key
-             AND j.state = 'queued'""",
-        [tenant for tenant, _ in erased],
-        [key for _, key in erased],
-        after,
-        DELETE_OBJECT,
-    )
+    await jobs.set_object_deletions_due(conn, erased, after=INLINE_DELETE_GRACE)
 
 
 @dataclass
@@ -108,7 +94,8 @@ async def delete_objects_now(
     is marked and the jobs (queued with the tombstones, held back by
     :func:`hold_back_object_jobs`) are made due at once: a store outage delays removal, never
     loses it. A job a worker has already taken is left to it (it finds nothing more to delete)."""
-    keys = list(dict.fromkeys(key for _, key in erased))
+    pairs = list(dict.fromkeys(erased))
+    keys = list(dict.fromkeys(key for _, key in pairs))
     if not keys:
         return ObjectDeletions()
     try:
@@ -116,23 +103,22 @@ async def delete_objects_now(
     except Exception:
         log.warning("deletion of %d object(s) deferred to their jobs", len(keys), exc_info=True)
         async with pool.acquire() as conn:
-            await _set_object_jobs_due(conn, erased, timedelta(0))  # held back for us: due now
-            await conn.execute("SELECT pg_notify($1, '')", jobs.NOTIFY_CHANNEL)
+            # Held back for us: due now (and the workers are woken).
+            await jobs.set_object_deletions_due(conn, pairs, after=timedelta(0))
         return ObjectDeletions(deferred=keys)
-    tenants = {key: tenant for tenant, key in erased}
     # In transactions of at most _FINISH_CHUNK keys: each holds the audit chain's lock to its end.
-    for start in range(0, len(keys), _FINISH_CHUNK):
-        chunk = keys[start : start + _FINISH_CHUNK]
+    for start in range(0, len(pairs), _FINISH_CHUNK):
+        chunk = pairs[start : start + _FINISH_CHUNK]
         async with pool.acquire() as conn, conn.transaction():
-            finished = await jobs.finish_object_deletions(conn, keys=chunk)
-            for key in chunk:
-                if key in finished:
+            finished = await jobs.finish_object_deletions(conn, chunk)
+            for tenant, key in chunk:
+                if (tenant, key) in finished:
                     await audit.record(
                         conn,
-                        tenant=tenants[key],
+                        tenant=tenant,
                         actor=actor,
                         action=audit.AuditAction.OBJECT_DELETED,
-                        recording_id=finished[key],
+                        recording_id=finished[tenant, key],
                         details={"versions": deleted.get(key, 0)},
                     )
     return ObjectDeletions(deleted=deleted)

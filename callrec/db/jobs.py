@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,9 @@ import asyncpg
 from callrec.db import Conn
 
 NOTIFY_CHANNEL = "callrec_jobs"
+# The kind of the job that deletes every version of an erased or superseded object
+# (callrec.erasure queues it; the functions at the end of this module reschedule and finish it).
+DELETE_OBJECT = "object.delete"
 
 
 @dataclass(frozen=True)
@@ -265,13 +269,50 @@ async def enqueue_many(conn: Conn, items: list[NewJob]) -> list[tuple[int, bool]
     return results
 
 
-async def finish_object_deletions(conn: Conn, *, keys: list[str]) -> dict[str, uuid.UUID | None]:
-    """Mark queued ``object.delete`` jobs for these keys done (their objects were deleted inline);
-    returns key -> recording id for the jobs finished here (a worker may have taken some)."""
-    rows = await conn.fetch(
-        """UPDATE jobs SET state = 'done', updated_at = now(), result = '{"inline": true}'
-           WHERE kind = 'object.delete' AND dedupe_key = ANY($1::text[]) AND state = 'queued'
-           RETURNING dedupe_key, payload->>'recording_id' AS recording_id""",
-        keys,
+async def set_object_deletions_due(conn: Conn, erased: Sequence[tuple[str, str]], *, after: timedelta) -> int:
+    """Make the queued ``object.delete`` jobs of these (tenant, object key) pairs due ``after``
+    from now: later, to hold them back while a caller deletes the objects itself, or at once
+    (``after`` zero), when that caller could not. A job a worker has taken is left alone. Wakes
+    the workers when the jobs are due now; returns how many jobs were rescheduled."""
+    if not erased:
+        return 0
+    status = await conn.execute(
+        """UPDATE jobs j SET run_at = now() + $3, updated_at = now()
+           FROM unnest($1::text[], $2::text[]) AS k(tenant, object_key)
+           WHERE j.tenant = k.tenant AND j.kind = $4 AND j.dedupe_key = k.object_key
+             AND j.state = 'queued'""",
+        [tenant for tenant, _ in erased],
+        [key for _, key in erased],
+        after,
+        DELETE_OBJECT,
     )
-    return {r["dedupe_key"]: uuid.UUID(r["recording_id"]) if r["recording_id"] else None for r in rows}
+    rescheduled = int(status.split()[-1])
+    if rescheduled and after <= timedelta(0):
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return rescheduled
+
+
+async def finish_object_deletions(
+    conn: Conn, erased: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], uuid.UUID | None]:
+    """Mark the queued ``object.delete`` jobs of these (tenant, object key) pairs done (their
+    objects were deleted inline). Returns (tenant, key) -> recording id for the jobs finished
+    here (a worker may have taken some). Matched on the tenant as well as the key, like the
+    jobs' own uniqueness (tenant, kind, dedupe_key): one tenant's deletion never finishes
+    another tenant's job."""
+    if not erased:
+        return {}
+    rows = await conn.fetch(
+        """UPDATE jobs j SET state = 'done', updated_at = now(), result = '{"inline": true}'
+           FROM unnest($1::text[], $2::text[]) AS k(tenant, object_key)
+           WHERE j.tenant = k.tenant AND j.kind = $3 AND j.dedupe_key = k.object_key
+             AND j.state = 'queued'
+           RETURNING j.tenant, j.dedupe_key, j.payload->>'recording_id' AS recording_id""",
+        [tenant for tenant, _ in erased],
+        [key for _, key in erased],
+        DELETE_OBJECT,
+    )
+    return {
+        (r["tenant"], r["dedupe_key"]): uuid.UUID(r["recording_id"]) if r["recording_id"] else None
+        for r in rows
+    }

@@ -631,6 +631,15 @@ class Worker:
             )
 
     async def _process_deletion(self, job: jobs.Job, tenant: TenantConfig) -> None:
+        """Decide a deletion request, then delete the erased recordings' objects in one batch.
+
+        The decision is one transaction (job completion, tombstones with their keys destroyed,
+        outcomes, audit entries), so every key is gone before any object is touched; a recording
+        under a legal hold is withheld there and never reaches the batch. After the commit the
+        objects go through :func:`callrec.erasure.delete_objects_now`, as the sweeper's do: their
+        ``object.delete`` jobs, queued and held back in the transaction, are finished with an audit
+        entry each, or, if the store fails, made due at once for the workers to retry."""
+        erased: list[tuple[str, str]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if not await jobs.complete(conn, job.id, worker_id=self.id):
                 raise LeaseLost
@@ -640,6 +649,22 @@ class Worker:
                 request_id=uuid.UUID(job.payload["request_id"]),
                 actor="system:deletions",
                 max_attempts=self.config.ingest.max_attempts,
+                erased_objects=erased,
+            )
+        if not erased:
+            return
+        try:
+            await erasure.delete_objects_now(self.pool, self.app[store_key], erased, actor=WORKER_ACTOR)
+        except Exception:
+            # Only the database can fail here (delete_objects_now hands a store failure to the
+            # jobs itself). The request's job has committed as done, so failing it would misreport
+            # it; the object.delete jobs still queued run after erasure.INLINE_DELETE_GRACE and
+            # find whatever is left to delete.
+            log.warning(
+                "job %s: the inline deletion of %d object(s) did not finish; their object.delete jobs will",
+                job.id,
+                len(erased),
+                exc_info=True,
             )
 
     async def _deletion_callback(self, job: jobs.Job, tenant: TenantConfig) -> None:

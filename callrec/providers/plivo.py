@@ -45,9 +45,10 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from callrec.providers.base import RecordingEvent
 
 DEFAULT_API_BASE = "https://api.plivo.com"
 SIGNATURE_HEADER = "X-Plivo-Signature-V3"
@@ -65,28 +66,6 @@ _MAX_EPOCH_MS = 4_102_444_800_000
 
 class InvalidEvent(ValueError):
     """The callback is not a usable record callback; the message says which field and why."""
-
-
-@dataclass(frozen=True)
-class RecordingEvent:
-    """A finished recording, as announced by the provider (same fields as ``vonage.RecordingEvent``).
-
-    ``call_id`` is Plivo's ``CallUUID``; ``from_number``/``to_number`` are filled only when the
-    callback carried ``From``/``To`` (the ``action`` URL does, ``callbackUrl`` may not): otherwise
-    use :func:`call_lookup_url` and :func:`parties_from_call`.
-    """
-
-    provider: str
-    recording_id: str
-    call_id: str
-    media_url: str
-    started_at: datetime | None
-    ended_at: datetime | None
-    duration_ms: int | None
-    size_bytes: int | None
-    event_at: datetime | None = None
-    from_number: str | None = None
-    to_number: str | None = None
 
 
 # --- V3 signatures -----------------------------------------------------------------------------
@@ -228,6 +207,10 @@ def _check_id(value: str | None, name: str) -> str:
 
 def parse_record_callback(params: Iterable[tuple[str, str]] | Mapping[str, str]) -> RecordingEvent:
     """Parse and validate a record callback (``<Record>`` XML or Record-a-call API, either spelling).
+
+    ``call_id`` is Plivo's ``CallUUID``; ``from_number``/``to_number`` are filled only when the
+    callback carried ``From``/``To`` (the ``action`` URL does, ``callbackUrl`` may not): otherwise
+    use :func:`call_lookup_url` and :func:`parties_from_call`.
 
     Required: the media URL (``RecordUrl``/``record_url``), ``RecordingID``/``recording_id`` and
     ``CallUUID``/``call_uuid``. ``duration_ms`` comes from ``RecordingDurationMs``, else

@@ -44,7 +44,6 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -52,6 +51,8 @@ from urllib.parse import quote, urlsplit
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from callrec.providers.base import RecordingEvent
 
 DEFAULT_API_BASE = "https://api.nexmo.com"
 PROVIDER_RETENTION_DAYS = 30
@@ -82,27 +83,6 @@ class InvalidEvent(ValueError):
 
 class NotARecordEvent(InvalidEvent):
     """A valid webhook that is not a recording (a status or transcription event): acknowledge, ignore."""
-
-
-@dataclass(frozen=True)
-class RecordingEvent:
-    """A finished recording, as announced by the provider.
-
-    ``call_id`` is Vonage's ``conversation_uuid`` (the record event names no call leg);
-    ``from_number``/``to_number`` are always ``None`` here and come from :func:`parties_from_calls`.
-    """
-
-    provider: str
-    recording_id: str
-    call_id: str
-    media_url: str
-    started_at: datetime | None
-    ended_at: datetime | None
-    duration_ms: int | None
-    size_bytes: int | None
-    event_at: datetime | None = None
-    from_number: str | None = None
-    to_number: str | None = None
 
 
 # --- signed webhooks ---------------------------------------------------------------------------
@@ -297,6 +277,8 @@ def parse_recording_event(body: bytes) -> RecordingEvent:
     validated when present: ``start_time``/``end_time``/``timestamp`` (ISO 8601, returned in
     UTC), ``size`` (non-negative integer bytes). ``duration_ms`` is ``end_time - start_time``.
     Any other event (``status`` events, transcription events, ...) raises :class:`InvalidEvent`.
+    ``call_id`` is the ``conversation_uuid`` (the event names no call leg); the event carries no
+    phone numbers, so ``from_number``/``to_number`` are ``None``: see :func:`parties_from_calls`.
     """
     if len(body) > MAX_EVENT_BYTES:
         raise InvalidEvent("the event body is too large")

@@ -9,6 +9,12 @@ is flushed and fsynced, renamed over the final name with :func:`os.replace` (ato
 and the directory is fsynced so that the rename itself survives a power cut. A crash leaves at
 worst a stray ``.<name>.*.tmp`` file, which no key can name.
 
+Deleting an object also removes the directories it leaves empty (the per-recording directory,
+then the tenant's), never the root: an erased recording leaves no trace of its id in the tree.
+A writer may be creating a file in one of those directories at that moment: the ``rmdir`` then
+fails (the directory is no longer empty, or is already gone) and the directory stays, and a writer
+whose directory is removed between creating it and creating its file creates it again.
+
 A directory has no equivalent of S3 Object Lock: legal holds on this store are enforced by the
 database alone (the sweeper and the deletion paths never delete a held recording), so the
 legal-hold methods answer "not supported" and do nothing.
@@ -16,10 +22,13 @@ legal-hold methods answer "not supported" and do nothing.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +39,11 @@ from callrec.storage.base import ObjectNotFound, StoredObject, StoreUnavailable,
 _CHUNK = 1024 * 1024
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
+# A writer whose directory is removed under it by a deletion makes it again; more than a few
+# times in a row means something else is wrong.
+_CREATE_ATTEMPTS = 5
+
+log = logging.getLogger(__name__)
 
 
 class FilesystemObjectStore:
@@ -120,12 +134,7 @@ class FilesystemObjectStore:
 
     def _put(self, key: str, target: Path, source: Path) -> StoredObject:
         with base.open_source(source) as src:
-            try:
-                self._make_dirs(target.parent)
-                fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            except OSError as exc:
-                raise self._unavailable(exc) from None
-            tmp = Path(tmp_name)
+            fd, tmp = self._create_temporary(target)
             try:
                 with os.fdopen(fd, "wb") as dst:
                     size = 0
@@ -151,6 +160,26 @@ class FilesystemObjectStore:
         _fsync_dir(target.parent)
         return StoredObject(key=key, version_id=None, size=size)
 
+    def _create_temporary(self, target: Path) -> tuple[int, Path]:
+        """Create the directories down to ``target`` and a temporary file beside it. A deletion
+        that empties a directory on that path removes it (see :meth:`_prune`); if that happens
+        between creating the directory and the file in it, the file's creation finds no
+        directory, and the directories are made again. Once the temporary file is in, no
+        ``rmdir`` can remove its directory."""
+        gone: OSError | None = None
+        for _ in range(_CREATE_ATTEMPTS):
+            try:
+                self._make_dirs(target.parent)
+                fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            except FileNotFoundError as exc:
+                gone = exc  # a directory on the path was removed after it was made: again
+                continue
+            except OSError as exc:
+                raise self._unavailable(exc) from None
+            return fd, Path(name)
+        assert gone is not None
+        raise self._unavailable(gone)
+
     def _open(self, key: str, target: Path) -> BinaryIO:
         try:
             return target.open("rb")
@@ -165,7 +194,8 @@ class FilesystemObjectStore:
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"no object {key!r}") from None
         # Make the erasure durable, not just the write.
-        _fsync_dir(target.parent)
+        self._fsync_after_unlink(target.parent)
+        self._prune([target.parent])
 
     def _delete_many(self, targets: dict[str, Path]) -> dict[str, int]:
         removed: dict[str, int] = {}
@@ -187,14 +217,51 @@ class FilesystemObjectStore:
         # What was unlinked is made durable even when a later unlink failed.
         for directory in sorted(touched):
             try:
-                _fsync_dir(directory)
-            except FileNotFoundError:
-                continue  # removed since by someone else: nothing of ours in it to make durable
+                self._fsync_after_unlink(directory)
             except OSError as exc:
                 failure = failure or exc
+        # Only after the fsyncs: a directory is removed once the unlinks in it are durable.
+        self._prune(touched)
         if failure is not None:
             raise self._unavailable(failure) from None
         return removed
+
+    def _fsync_after_unlink(self, directory: Path) -> None:
+        """fsync the directory a file was just unlinked from. A concurrent deletion may have
+        emptied and removed it meanwhile (see :meth:`_prune`): then the nearest ancestor that
+        still exists is fsynced instead, which makes that removal, and so the unlink, durable."""
+        current = directory
+        while True:
+            try:
+                _fsync_dir(current)
+                return
+            except FileNotFoundError:
+                if current == self._root or self._root not in current.parents:
+                    raise
+                current = current.parent
+
+    def _prune(self, directories: Iterable[Path]) -> None:
+        """Remove each of ``directories`` and then its parents while they are empty, up to the
+        root (never the root itself), deepest first so that sibling directories emptied by one
+        batch all go before their parent is tried.
+
+        Tidying only: the objects are already deleted, so nothing here fails the deletion. A
+        concurrent writer may have put a file in a directory (``rmdir`` answers ENOTEMPTY, or
+        EEXIST on some systems): it stays, and so do its parents. A directory already gone
+        (ENOENT: another deletion removed it) lets the walk go on to its parent. The removals
+        are not fsynced: after a power cut an empty directory may come back, which is harmless."""
+        for directory in sorted(set(directories), key=lambda d: len(d.parts), reverse=True):
+            current = directory
+            while current != self._root and self._root in current.parents:
+                try:
+                    os.rmdir(current)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        log.warning("filesystem store: could not remove %s: %s", current, exc.strerror)
+                    break
+                current = current.parent
 
     def _make_dirs(self, directory: Path) -> None:
         """Create ``directory`` and its missing parents, each 0700, fsyncing each parent so

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -148,3 +149,91 @@ async def test_background_worker_picks_up_a_webhook_job_at_once(
         assert await conn.fetchval("SELECT count(*) FROM recordings") == 1
     # Well inside the 5 s idle poll: the notification woke the worker.
     assert loop.time() - started < 4
+
+
+# --- object.delete jobs: held back, made due, finished inline ---------------------------------
+
+
+async def enqueue_object_delete(conn: asyncpg.Connection, tenant: str, key: str) -> int:
+    job_id, created = await jobs.enqueue(
+        conn,
+        tenant=tenant,
+        kind=jobs.DELETE_OBJECT,
+        dedupe_key=key,
+        payload={"object_key": key, "recording_id": str(uuid.uuid4())},
+        max_attempts=3,
+    )
+    assert created
+    return job_id
+
+
+async def job_states(conn: asyncpg.Connection) -> dict[tuple[str, str], tuple[str, bool]]:
+    rows = await conn.fetch("SELECT tenant, dedupe_key, state, run_at <= now() AS due FROM jobs")
+    return {(r["tenant"], r["dedupe_key"]): (r["state"], r["due"]) for r in rows}
+
+
+async def test_finishing_object_deletions_is_scoped_to_the_tenant(db: asyncpg.Pool) -> None:
+    """Two tenants may queue the same dedupe key (the jobs are unique per tenant): finishing one
+    tenant's deletion leaves the other tenant's job queued, for its own worker to do."""
+    shared = "recordings/2026/one-key"
+    async with db.acquire() as conn:
+        await enqueue_object_delete(conn, "acme", shared)
+        await enqueue_object_delete(conn, "globex", shared)
+        await enqueue_object_delete(conn, "acme", "acme/other")
+        await enqueue(conn, shared)  # another kind with the same key: never touched
+
+        finished = await jobs.finish_object_deletions(conn, [("acme", shared), ("acme", "acme/missing")])
+
+        assert list(finished) == [("acme", shared)]
+        assert isinstance(finished["acme", shared], uuid.UUID)
+        states = await job_states(conn)
+        assert states[("acme", shared)][0] == "done"
+        assert states[("globex", shared)][0] == "queued"
+        assert states[("acme", "acme/other")][0] == "queued"
+        assert await conn.fetchval("SELECT state FROM jobs WHERE kind = 'test'") == "queued"
+        result = await conn.fetchval(
+            "SELECT result FROM jobs WHERE tenant = 'acme' AND dedupe_key = $1", shared
+        )
+        assert result == '{"inline": true}'
+        assert await jobs.finish_object_deletions(conn, []) == {}
+
+
+async def test_a_running_object_deletion_is_left_to_its_worker(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        await enqueue_object_delete(conn, "acme", "acme/taken")
+        taken = await jobs.claim(conn, worker_id="w", lease=LEASE)
+        assert taken is not None
+        assert await jobs.finish_object_deletions(conn, [("acme", "acme/taken")]) == {}
+        assert await jobs.set_object_deletions_due(conn, [("acme", "acme/taken")], after=timedelta(0)) == 0
+        assert await jobs.complete(conn, taken.id, worker_id="w")
+
+
+async def test_object_deletions_are_held_back_then_made_due_with_a_wake_up(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    async with db.acquire() as conn:
+        await enqueue_object_delete(conn, "acme", "acme/a")
+        await enqueue_object_delete(conn, "globex", "acme/a")  # same key, other tenant: not named
+        await enqueue_object_delete(conn, "acme", "acme/b")
+
+        held = await jobs.set_object_deletions_due(
+            conn, [("acme", "acme/a"), ("acme", "acme/b")], after=timedelta(minutes=10)
+        )
+        assert held == 2
+        states = await job_states(conn)
+        assert states[("acme", "acme/a")] == states[("acme", "acme/b")] == ("queued", False)
+        assert states[("globex", "acme/a")] == ("queued", True)
+        assert await jobs.set_object_deletions_due(conn, [], after=timedelta(0)) == 0
+
+    listener = await asyncpg.connect(database_url)
+    woke = asyncio.Event()
+    await listener.add_listener(jobs.NOTIFY_CHANNEL, lambda *_: woke.set())
+    try:
+        async with db.acquire() as conn:
+            assert await jobs.set_object_deletions_due(conn, [("acme", "acme/a")], after=timedelta(0)) == 1
+            await asyncio.wait_for(woke.wait(), 5)  # due now: the workers are woken
+            states = await job_states(conn)
+        assert states[("acme", "acme/a")] == ("queued", True)
+        assert states[("acme", "acme/b")] == ("queued", False)
+    finally:
+        await listener.close()

@@ -138,22 +138,27 @@ async def fail(
     error: str,
     retry_base: timedelta,
     permanent: bool = False,
-) -> str:
+) -> str | None:
     """Record a failure: schedule a retry, or move to ``dead`` after the last attempt
-    (or at once when ``permanent``: retrying an undecodable file cannot help)."""
+    (or at once when ``permanent``: retrying an undecodable file cannot help).
+
+    Returns the new state, or None when this worker no longer holds the job (its lease ran out and
+    another worker took it, or it is done): then nothing is recorded and the caller must not act
+    on the failure (no audit entry, no clean-up of what the other worker is using)."""
     dead = permanent or job.attempts >= job.max_attempts
     state = "dead" if dead else "queued"
-    await conn.execute(
+    updated = await conn.fetchval(
         """UPDATE jobs SET state = $3, last_error = $4, lease_until = NULL,
                   run_at = now() + $5, updated_at = now()
-           WHERE id = $1 AND locked_by = $2 AND state = 'running'""",
+           WHERE id = $1 AND locked_by = $2 AND state = 'running'
+           RETURNING id""",
         job.id,
         worker_id,
         state,
         error[:2000],
         timedelta(0) if dead else backoff(job.attempts, retry_base),
     )
-    return state
+    return state if updated is not None else None
 
 
 async def list_jobs(conn: Conn, *, state: str, tenant: str | None = None, limit: int = 100) -> list[Job]:

@@ -177,7 +177,7 @@ class Worker:
         metrics.jobs_finished.labels(job.kind, outcome).inc()
 
     async def _failed(self, job: jobs.Job, error: str, *, permanent: bool) -> str:
-        """Record the failure; returns "retry" or "dead"."""
+        """Record the failure; returns "retry", "dead" or "lease_lost" (nothing recorded)."""
         async with self.pool.acquire() as conn, conn.transaction():
             state = await jobs.fail(
                 conn,
@@ -187,6 +187,10 @@ class Worker:
                 retry_base=self.config.ingest.retry_base,
                 permanent=permanent,
             )
+            if state is None:
+                # Our lease ran out and another worker holds the job now: its outcome is theirs.
+                log.warning("job %s: lease lost before its failure was recorded: %s", job.id, error)
+                return "lease_lost"
             if state == "dead":
                 await audit.record(
                     conn,

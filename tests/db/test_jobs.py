@@ -65,6 +65,17 @@ async def test_expired_lease_is_taken_over_and_the_old_worker_cannot_complete(db
         second = await jobs.claim(conn, worker_id="w2", lease=LEASE)
         assert second is not None and second.id == job_id and second.attempts == 2
         assert not await jobs.complete(conn, job_id, worker_id="dead-worker")
+        # Nor can it record a failure: None, and the job is the new worker's as it was.
+        late = await jobs.fail(
+            conn,
+            first,
+            worker_id="dead-worker",
+            error="late",
+            retry_base=timedelta(seconds=1),
+            permanent=True,
+        )
+        assert late is None
+        assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"
         assert await jobs.complete(conn, job_id, worker_id="w2")
 
 

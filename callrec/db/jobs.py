@@ -41,11 +41,14 @@ class Job:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    # Who holds the job: the id the claim was made with. complete(), fail() and defer() match it,
+    # so a claim whose lease ran out cannot touch the job once another claim has taken it.
+    locked_by: str | None = None
 
 
 _COLUMNS = (
     "id, tenant, kind, dedupe_key, payload, state, attempts, max_attempts, run_at, lease_until, "
-    "last_error, created_at, updated_at"
+    "last_error, created_at, updated_at, locked_by"
 )
 
 

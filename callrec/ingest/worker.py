@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -80,6 +81,12 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def _holder(job: jobs.Job) -> str:
+    """The claim this worker holds the job under (see Worker.claim)."""
+    assert job.locked_by is not None, "a claimed job has a holder"
+    return job.locked_by
+
+
 class Worker:
     def __init__(self, app: web.Application, http: aiohttp.ClientSession) -> None:
         self.app = app
@@ -87,6 +94,7 @@ class Worker:
         self.pool: asyncpg.Pool = app[db_key]
         self.http = http
         self.id = _worker_id()
+        self._claims = itertools.count(1)
         self._wake = asyncio.Event()
         self._handlers: dict[str, Callable[[jobs.Job, TenantConfig], Awaitable[None]]] = {
             INGEST_TWILIO: self._ingest_remote,
@@ -133,10 +141,18 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
 
+    async def claim(self) -> jobs.Job | None:
+        """Take a job under an id of its own (this worker's id and a claim number): the loops of
+        one worker share ``self.id``, and a loop whose lease ran out must not complete or fail the
+        job once another loop, or another worker, has claimed it again."""
+        async with self.pool.acquire() as conn:
+            return await jobs.claim(
+                conn, worker_id=f"{self.id}/{next(self._claims)}", lease=self.config.ingest.lease
+            )
+
     async def run_once(self) -> bool:
         """Claim and process one job; False when there was nothing to do."""
-        async with self.pool.acquire() as conn:
-            job = await jobs.claim(conn, worker_id=self.id, lease=self.config.ingest.lease)
+        job = await self.claim()
         if job is None:
             return False
         await self.process(job)
@@ -182,7 +198,7 @@ class Worker:
             state = await jobs.fail(
                 conn,
                 job,
-                worker_id=self.id,
+                worker_id=_holder(job),
                 error=error,
                 retry_base=self.config.ingest.retry_base,
                 permanent=permanent,
@@ -361,7 +377,7 @@ class Worker:
                 await jobs.defer(
                     conn,
                     intake.job,
-                    worker_id=self.id,
+                    worker_id=_holder(intake.job),
                     until=until,
                     note="waiting for consent events until the grace period ends",
                 )
@@ -517,7 +533,9 @@ class Worker:
             destroy_reason="policy_reject",
         )
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await jobs.complete(conn, intake.job.id, worker_id=self.id, result={"decision": "reject"}):
+            if not await jobs.complete(
+                conn, intake.job.id, worker_id=_holder(intake.job), result={"decision": "reject"}
+            ):
                 raise LeaseLost
             if not await recordings.insert(conn, tombstone):
                 return
@@ -603,7 +621,7 @@ class Worker:
                 raise MediaError(f"deleting the provider's copy failed with HTTP {resp.status}")
             gone_already = resp.status == 404
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await jobs.complete(conn, job.id, worker_id=self.id):
+            if not await jobs.complete(conn, job.id, worker_id=_holder(job)):
                 raise LeaseLost
             await audit.record(
                 conn,
@@ -623,7 +641,7 @@ class Worker:
         """Every version of an erased or superseded object (a delete marker is not deletion)."""
         removed = await erasure.delete_erased_object(self.app[store_key], job.payload["object_key"])
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await jobs.complete(conn, job.id, worker_id=self.id, result={"versions": removed}):
+            if not await jobs.complete(conn, job.id, worker_id=_holder(job), result={"versions": removed}):
                 raise LeaseLost
             await audit.record(
                 conn,
@@ -645,7 +663,7 @@ class Worker:
         entry each, or, if the store fails, made due at once for the workers to retry."""
         erased: list[tuple[str, str]] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await jobs.complete(conn, job.id, worker_id=self.id):
+            if not await jobs.complete(conn, job.id, worker_id=_holder(job)):
                 raise LeaseLost
             await service.process_request(
                 conn,
@@ -703,7 +721,7 @@ class Worker:
             if not 200 <= resp.status < 300:
                 raise MediaError(f"the deletion callback answered HTTP {resp.status}")
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await jobs.complete(conn, job.id, worker_id=self.id):
+            if not await jobs.complete(conn, job.id, worker_id=_holder(job)):
                 raise LeaseLost
 
     async def _sync_hold(self, job: jobs.Job, tenant: TenantConfig) -> None:
@@ -728,7 +746,7 @@ class Worker:
             for key, version, held in targets:
                 await store.set_legal_hold(key, version_id=version, on=held)
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await jobs.complete(conn, job.id, worker_id=self.id):
+            if not await jobs.complete(conn, job.id, worker_id=_holder(job)):
                 raise LeaseLost
 
     # --- shared steps ---------------------------------------------------------------------
@@ -811,7 +829,7 @@ class Worker:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await jobs.complete(
-                    conn, job.id, worker_id=self.id, result={"recording_id": str(rec.id)}
+                    conn, job.id, worker_id=_holder(job), result={"recording_id": str(rec.id)}
                 ):
                     raise LeaseLost
                 if await recordings.insert(conn, rec):

@@ -130,8 +130,17 @@ class OidcConfig:
     # The login page's button says "Sign in with <display_name>"; empty: the tenant's name.
     display_name: str = ""
     # "amr" values (RFC 8176) that count as multi-factor authentication done at the provider;
-    # without one of them the staff member still passes callrec's own TOTP step.
-    mfa_amr: tuple[str, ...] = ("mfa", "otp", "hwk", "swk")
+    # without one of them the staff member still passes callrec's own TOTP step. Only "mfa" by
+    # default: "otp", "hwk" or "swk" alone can be a single factor (an e-mailed code, one key).
+    mfa_amr: tuple[str, ...] = ("mfa",)
+    # The ID token must say email_verified: true. A provider that leaves the claim out for the
+    # addresses it manages (Entra ID) needs false here, and then only if its users cannot set
+    # their own "email" (the "nOAuth" account takeover).
+    require_email_verified: bool = True
+    # Show the "Sign in with ..." button on the shared login page. Off by default: the page is
+    # public and would list the companies using this callrec; staff can start at
+    # <public_base_url>/portal/sso/<tenant> (a bookmark, or a tile at the provider) instead.
+    listed: bool = False
 
 
 @dataclass(frozen=True)

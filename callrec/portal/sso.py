@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import aiohttp_jinja2
+import asyncpg
 from aiohttp import web
 from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.client import OAuth2Client
@@ -445,10 +446,11 @@ def mfa_at_provider(amr: object, accepted: tuple[str, ...]) -> bool:
     return isinstance(amr, list) and any(isinstance(m, str) and m in accepted for m in amr)
 
 
-def _email_verified(claims: Mapping[str, Any]) -> bool:
-    # Absent: many workforce providers (Entra ID among them) do not send it for addresses they manage.
-    # Present, it must say true (some providers send the string "true").
-    verified = claims.get("email_verified", True)
+def _email_verified(claims: Mapping[str, Any], *, required: bool) -> bool:
+    # Absent: some workforce providers (Entra ID among them) do not send it for addresses they
+    # manage; accepted only when the tenant turned require_email_verified off. Present, it must say
+    # true (some providers send the string "true").
+    verified = claims.get("email_verified", None if required else True)
     return verified is True or verified == "true"
 
 
@@ -471,8 +473,12 @@ async def _sign_in(
             refused = "disabled"
         elif accounts.is_locked(user.locked_until, now=now):
             refused = "locked"
-        elif not _email_verified(claims):
+        elif not _email_verified(claims, required=oidc.require_email_verified):
             refused = "email_not_verified"
+        elif user.mfa_enrolled_at is None and not mfa:
+            # Without MFA at the provider the next step would be callrec's TOTP enrolment, which
+            # shows the secret: whoever holds the provider identity would set up the second factor.
+            refused = "mfa_not_enrolled"
         else:
             link = await sso_db.subject_of(conn, user.id)
             holder = await sso_db.holder_of(conn, issuer=meta.issuer, subject=subject)
@@ -481,7 +487,11 @@ async def _sign_in(
             elif holder is not None and holder != user.id:
                 refused = "subject_linked_to_another_account"
             elif link.issuer != meta.issuer:
-                await sso_db.link_subject(conn, user.id, issuer=meta.issuer, subject=subject)
+                try:
+                    async with conn.transaction():  # a savepoint: the refusal below still commits
+                        await sso_db.link_subject(conn, user.id, issuer=meta.issuer, subject=subject)
+                except asyncpg.UniqueViolationError:  # linked to another account a moment ago
+                    refused = "subject_linked_to_another_account"
         if user is not None and refused is not None:
             await audit.record(
                 conn,
@@ -517,7 +527,7 @@ def add_routes(app: web.Application) -> None:
     """The SSO routes, the login page's list of providers, and the HTTP client for the providers."""
     tenants = {name: t.oidc for name, t in app[config_key].tenants.items() if t.oidc is not None}
     aiohttp_jinja2.get_env(app).globals["sso_providers"] = tuple(
-        (name, oidc.display_name or name) for name, oidc in sorted(tenants.items())
+        (name, oidc.display_name or name) for name, oidc in sorted(tenants.items()) if oidc.listed
     )
     # The callback first: otherwise "/portal/sso/{tenant}" would take it. No HEAD: both change state.
     app.router.add_get(CALLBACK_PATH, callback, allow_head=False)

@@ -174,16 +174,19 @@ async def page(
 
 
 async def agents(conn: Conn, *, tenant: str, limit: int = 500) -> list[str]:
-    """The agents named on the tenant's recordings, for the supervisors' agent filter.
+    """The agents named on the tenant's live recordings, for the supervisors' agent filter.
 
     A loose index scan over ``recordings_agent``: one index probe per distinct agent, however many
     recordings each has."""
     rows = await conn.fetch(
         """WITH RECURSIVE a(agent) AS (
-               (SELECT agent FROM recordings WHERE tenant = $1 AND agent IS NOT NULL ORDER BY agent LIMIT 1)
+               (SELECT agent FROM recordings
+                WHERE tenant = $1 AND agent IS NOT NULL AND state IN ('stored', 'quarantined')
+                ORDER BY agent LIMIT 1)
                UNION ALL
                SELECT (SELECT r.agent FROM recordings r
-                       WHERE r.tenant = $1 AND r.agent > a.agent ORDER BY r.agent LIMIT 1)
+                       WHERE r.tenant = $1 AND r.agent > a.agent AND r.state IN ('stored', 'quarantined')
+                       ORDER BY r.agent LIMIT 1)
                FROM a WHERE a.agent IS NOT NULL
            )
            SELECT agent FROM a WHERE agent IS NOT NULL LIMIT $2""",

@@ -66,7 +66,8 @@ async def add(
         raise InvalidAccount(f"unknown role {role!r}; roles: {', '.join(accounts.ROLES)}")
     generated = password is None
     password = accounts.new_password() if password is None else password
-    password_hash = accounts.hash_password(password)
+    # argon2id takes tens of milliseconds of CPU on purpose: not on the event loop.
+    password_hash = await asyncio.to_thread(accounts.hash_password, password)
     user_id = uuid.uuid4()
     secret, sealed = await _sealed_secret(kek, tenant, user_id)
     user = await staff.create(

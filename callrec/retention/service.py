@@ -73,7 +73,9 @@ async def place_hold(
         tenant=tenant,
         actor=actor,
         action=audit.AuditAction.HOLD_PLACED,
-        details={"hold_id": str(hold.id), "matter": matter, "covers": covered, "scope": _scope_summary(hold)},
+        # The matter's name stays in the holds table: a case name often names a person, and the
+        # append-only audit log could never forget it.
+        details={"hold_id": str(hold.id), "covers": covered, "scope": _scope_summary(hold)},
     )
     await _queue_hold_sync(conn, tenant, hold.id, max_attempts)
     return hold, covered
@@ -94,7 +96,7 @@ async def release_hold(
         tenant=tenant,
         actor=actor,
         action=audit.AuditAction.HOLD_RELEASED,
-        details={"hold_id": str(hold_id), "matter": hold.matter},
+        details={"hold_id": str(hold_id)},
     )
     await _queue_hold_sync(conn, tenant, hold_id, max_attempts)
     erased = await resolve_withheld(conn, tenant=tenant, actor=actor, max_attempts=max_attempts)

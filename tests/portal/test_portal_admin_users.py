@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pyotp
+import pytest
 
 from callrec.appkeys import db_key
 
@@ -146,26 +147,38 @@ async def test_an_admin_cannot_disable_themselves(browser: Any, staff_factory: A
     assert await audit_rows(portal, "user:disabled") == []
 
 
-async def test_two_admins_disabling_each_other_leave_one_admin(
-    browser: Any, staff_factory: Any, portal: Any
-) -> None:
+async def test_two_admins_disabling_each_other_leave_one_admin(staff_factory: Any, portal: Any) -> None:
+    """Each disables the other in its own transaction; the second waits for the first's lock on
+    the admin rows and then finds itself the last admin standing."""
+    from callrec.portal import users
+
     one, two = await staff_factory("admin"), await staff_factory("admin")
-    b1, b2 = browser(), browser()
-    await b1.login(one)
-    await b2.login(two)
-    t1 = field(await (await b1.get("/portal/admin")).text(), "csrf_token")
-    t2 = field(await (await b2.get("/portal/admin")).text(), "csrf_token")
     id1, id2 = await user_id(portal, one.email), await user_id(portal, two.email)
-    await asyncio.gather(
-        b1.post(f"/portal/admin/users/{id2}/disable", {"csrf_token": t1}),
-        b2.post(f"/portal/admin/users/{id1}/disable", {"csrf_token": t2}),
-    )
-    async with portal.app[db_key].acquire() as conn:
-        active = await conn.fetchval(
-            """SELECT count(*) FROM staff_users
-               WHERE role = 'admin' AND tenant = 'acme' AND disabled_at IS NULL"""
+    pool = portal.app[db_key]
+    async with pool.acquire() as c1, pool.acquire() as c2:
+        t1 = c1.transaction()
+        await t1.start()
+        assert await users.set_disabled(
+            c1, tenant="acme", user_id=id2, disabled=True, actor=f"staff:{id1}", via="test"
         )
-    assert active == 1
+
+        async def second() -> Any:
+            async with c2.transaction():
+                return await users.set_disabled(
+                    c2, tenant="acme", user_id=id1, disabled=True, actor=f"staff:{id2}", via="test"
+                )
+
+        racing = asyncio.ensure_future(second())
+        await asyncio.sleep(0.3)
+        assert not racing.done()  # held by the first transaction's lock on the admin rows
+        await t1.commit()
+        with pytest.raises(users.InvalidAccount, match="last admin"):
+            await asyncio.wait_for(racing, 10)
+    async with pool.acquire() as conn:
+        active = await conn.fetch(
+            "SELECT id FROM staff_users WHERE role = 'admin' AND tenant = 'acme' AND disabled_at IS NULL"
+        )
+    assert [r["id"] for r in active] == [id1]
     assert len(await audit_rows(portal, "user:disabled")) == 1
 
 

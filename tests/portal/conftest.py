@@ -7,48 +7,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pyotp
 import pytest
+from portal_support import PASSWORD, Staff, make_staff
 from twilio.request_validator import RequestValidator
 
 from callrec.app import create_app, worker_key
-from callrec.appkeys import db_key, keys_key
-from callrec.crypto import envelope
-from callrec.db import staff
-from callrec.portal import accounts
+from callrec.appkeys import db_key
 
-PASSWORD = "a long portal password"
 TWILIO_SID = "AC" + "0123456789abcdef" * 2  # tenant acme's, as in tests/conftest.py
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
-
-
-class Staff:
-    def __init__(self, email: str, role: str, tenant: str, secret: str) -> None:
-        self.email, self.role, self.tenant, self.secret = email, role, tenant, secret
-
-    def code(self) -> str:
-        return pyotp.TOTP(self.secret).now()
-
-
-async def make_staff(app: Any, role: str, *, tenant: str = "acme", enrolled: bool = True) -> Staff:
-    user_id = uuid.uuid4()
-    secret = accounts.new_totp_secret()
-    kek = await app[keys_key].kek(tenant)
-    sealed = envelope.seal(kek, secret.encode(), context=accounts.totp_context(tenant, user_id))
-    email = f"{role}-{user_id.hex[:6]}@{tenant}.example"
-    async with app[db_key].acquire() as conn:
-        await staff.create(
-            conn,
-            user_id=user_id,
-            tenant=tenant,
-            email=email,
-            role=role,
-            password_hash=accounts.hash_password(PASSWORD),
-            totp_sealed=sealed,
-        )
-        if enrolled:
-            await staff.enrol_mfa(conn, user_id, recovery_hashes=[])
-    return Staff(email, role, tenant, secret)
 
 
 def hidden(html: str, name: str) -> str:

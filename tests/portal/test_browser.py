@@ -33,41 +33,13 @@ from typing import Any
 
 import pyotp
 import pytest
+from portal_support import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Staff, make_staff, need_browser
 
-from callrec.appkeys import db_key, keys_key
-from callrec.crypto import envelope
-from callrec.db import staff
-from callrec.portal import accounts
+from callrec.appkeys import db_key
 
-CHROMIUM = os.environ.get("CALLREC_CHROMIUM", "/usr/bin/chromium")
-# What this machine needs for a headless Chromium that never reaches past loopback.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
-PASSWORD = "a long portal password"  # tests/portal/conftest.py's; conftest is not importable
 WAIT_MS = 10_000  # every Playwright wait is bounded by this
 TEST_BUDGET_S = 60  # and each whole test by this
-
-
-def _need_browser() -> None:
-    problem = None
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        problem = "the playwright package is not installed (pip install -e '.[test]')"
-    if problem is None and not os.access(CHROMIUM, os.X_OK):
-        problem = f"no Chromium at {CHROMIUM} (scripts/install-browser installs Debian's)"
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests cannot run: {problem}")
-        pytest.skip(problem)
 
 
 @asynccontextmanager
@@ -126,37 +98,7 @@ async def shot(page: Any, name: str) -> Path:
 # --- the data: recordings through the real Twilio path, staff accounts ------------------------
 
 
-class Person:
-    def __init__(self, email: str, secret: str) -> None:
-        self.email, self.secret = email, secret
-
-    def code(self) -> str:
-        return pyotp.TOTP(self.secret).now()
-
-
-async def person(app: Any, role: str, *, enrolled: bool = True, tenant: str = "acme") -> Person:
-    """A staff account as tests/portal/conftest.py's make_staff makes it (conftest is not importable)."""
-    user_id = uuid.uuid4()
-    secret = accounts.new_totp_secret()
-    kek = await app[keys_key].kek(tenant)
-    sealed = envelope.seal(kek, secret.encode(), context=accounts.totp_context(tenant, user_id))
-    email = f"{role}-{user_id.hex[:6]}@{tenant}.example"
-    async with app[db_key].acquire() as conn:
-        await staff.create(
-            conn,
-            user_id=user_id,
-            tenant=tenant,
-            email=email,
-            role=role,
-            password_hash=accounts.hash_password(PASSWORD),
-            totp_sealed=sealed,
-        )
-        if enrolled:
-            await staff.enrol_mfa(conn, user_id, recovery_hashes=[])
-    return Person(email, secret)
-
-
-async def log_in(page: Any, base: str, who: Person) -> None:
+async def log_in(page: Any, base: str, who: Staff) -> None:
     await page.goto(f"{base}/portal/login")
     await page.get_by_label("E-mail address").fill(who.email)
     await page.get_by_label("Password").fill(PASSWORD)
@@ -169,7 +111,7 @@ async def log_in(page: Any, base: str, who: Person) -> None:
 
 @pytest.fixture
 def base(portal: Any) -> str:
-    _need_browser()
+    need_browser()
     url = str(portal.server.make_url("")).rstrip("/")
     assert url.startswith("http://127.0.0.1:"), url  # loopback only
     return url
@@ -194,8 +136,8 @@ async def test_enrol_search_open_give_reason_play_and_the_audit_entry(
 ) -> None:
     target = calls["billing"]
     reason = "ticket 4711: caller disputes the refund"
-    supervisor = await person(portal.app, "supervisor", enrolled=False)
-    auditor = await person(portal.app, "auditor")
+    supervisor = await make_staff(portal.app, "supervisor", enrolled=False)
+    auditor = await make_staff(portal.app, "auditor")
     async with asyncio.timeout(TEST_BUDGET_S), chromium() as browser:
         page = await new_page(browser)
 
@@ -315,7 +257,7 @@ async def test_enrol_search_open_give_reason_play_and_the_audit_entry(
 async def test_legal_places_a_hold_with_a_scope_preview_and_releases_it(
     portal: Any, base: str, calls: dict[str, uuid.UUID]
 ) -> None:
-    legal = await person(portal.app, "legal")
+    legal = await make_staff(portal.app, "legal")
     matter = "Doe v. Acme, case 26-cv-0042"
     async with asyncio.timeout(TEST_BUDGET_S), chromium() as browser:
         page = await new_page(browser)
@@ -376,7 +318,7 @@ async def test_legal_places_a_hold_with_a_scope_preview_and_releases_it(
 async def test_keyboard_only_login_and_the_recordings_at_200_percent_zoom(
     portal: Any, base: str, calls: dict[str, uuid.UUID]
 ) -> None:
-    support = await person(portal.app, "support")
+    support = await make_staff(portal.app, "support")
     # 200 % zoom of a 1280 x 800 window: half the CSS pixels, each drawn twice as large.
     zoomed = {"viewport": {"width": 640, "height": 400}, "device_scale_factor": 2}
     async with asyncio.timeout(TEST_BUDGET_S), chromium() as browser:
@@ -441,7 +383,7 @@ async def test_keyboard_only_login_and_the_recordings_at_200_percent_zoom(
 async def test_admin_adds_an_account_and_privacy_restricts_a_recording_and_prepares_a_copy(
     portal: Any, base: str, calls: dict[str, uuid.UUID]
 ) -> None:
-    admin, privacy = await person(portal.app, "admin"), await person(portal.app, "privacy")
+    admin, privacy = await make_staff(portal.app, "admin"), await make_staff(portal.app, "privacy")
     zoomed = {"viewport": {"width": 640, "height": 400}, "device_scale_factor": 2}
     problems: list[str] = []
 

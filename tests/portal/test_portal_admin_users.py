@@ -11,10 +11,9 @@ from typing import Any
 
 import pyotp
 import pytest
+from portal_support import PASSWORD
 
 from callrec.appkeys import db_key
-
-PASSWORD = "a long portal password"
 
 
 def field(html: str, name: str) -> str:

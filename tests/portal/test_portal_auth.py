@@ -6,10 +6,9 @@ import re
 from typing import Any
 
 import pyotp
+from portal_support import PASSWORD
 
 from callrec.appkeys import db_key
-
-PASSWORD = "a long portal password"
 
 
 def field(html: str, name: str) -> str:

@@ -34,13 +34,12 @@ from aiohttp import BasicAuth, web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from portal_support import CHROMIUM, CHROMIUM_ARGS, make_staff, need_browser
 
 from callrec.app import create_app
-from callrec.appkeys import db_key, keys_key
+from callrec.appkeys import db_key
 from callrec.config import ConfigError, config_from_mapping, load_config
-from callrec.crypto import envelope
-from callrec.db import staff
-from callrec.portal import accounts, sso
+from callrec.portal import sso
 
 PUBLIC_BASE = "https://callrec.example.test"  # tests/conftest.py's make_config
 CLIENT_ID = "callrec-portal"
@@ -727,34 +726,6 @@ def test_the_client_secret_can_come_from_the_environment(tmp_path: Path) -> None
 
 # --- a real browser ----------------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _need_browser() -> None:
-    """As tests/portal/test_browser.py: skip on a developer's machine without it, fail under CI."""
-    import os
-
-    problem = None
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        problem = "the playwright package is not installed"
-    if problem is None and not os.access(CHROMIUM, os.X_OK):
-        problem = f"no Chromium at {CHROMIUM}"
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run: {problem}")
-        pytest.skip(problem)
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -768,7 +739,7 @@ async def test_in_a_real_browser_the_sign_in_ends_on_the_recordings(
 ) -> None:
     """Chromium, the portal on 127.0.0.1 and the provider on localhost: another site, so the
     provider's redirect back is a cross-site navigation, with SameSite applied for real."""
-    _need_browser()
+    need_browser()
     from playwright.async_api import async_playwright
 
     port = _free_port()
@@ -779,7 +750,7 @@ async def test_in_a_real_browser_the_sign_in_ends_on_the_recordings(
         config = app_config(server={"public_base_url": base}, tenants={"acme": {"oidc": oidc_table(fake)}})
         app = create_app(config, run_workers=False)
         await aiohttp_server(app, host="127.0.0.1", port=port)
-        email = await _add_staff(app, "support")
+        email = (await make_staff(app, "support")).email
         fake.person = {"email": email, "sub": "ana-at-idp", "amr": ["pwd", "mfa"]}
         fake.interactive = True
         async with asyncio.timeout(60), async_playwright() as pw:
@@ -806,98 +777,3 @@ async def test_in_a_real_browser_the_sign_in_ends_on_the_recordings(
         assert fake.hits["token"] == 1
     finally:
         await idp_server.close()
-
-
-async def _add_staff(app: Any, role: str, *, tenant: str = "acme") -> str:
-    """An account as conftest's make_staff makes one (conftest is not importable)."""
-    user_id = uuid.uuid4()
-    secret = accounts.new_totp_secret()
-    kek = await app[keys_key].kek(tenant)
-    sealed = envelope.seal(kek, secret.encode(), context=accounts.totp_context(tenant, user_id))
-    email = f"{role}-{user_id.hex[:6]}@{tenant}.example"
-    async with app[db_key].acquire() as conn:
-        await staff.create(
-            conn,
-            user_id=user_id,
-            tenant=tenant,
-            email=email,
-            role=role,
-            password_hash=accounts.hash_password("a long portal password"),
-            totp_sealed=sealed,
-        )
-        await staff.enrol_mfa(conn, user_id, recovery_hashes=[])
-    return email
-
-
-async def test_an_account_without_totp_signs_in_only_with_mfa_at_the_provider(
-    browser: Any, staff_factory: Any, portal: Any, idp: FakeIdP
-) -> None:
-    """Enrolment shows the TOTP secret: it must not go to whoever holds the provider identity."""
-    newcomer = await staff_factory("support", enrolled=False)
-    idp.person = {"email": newcomer.email, "sub": "new-at-idp", "amr": ["pwd"]}
-    refused = await sign_in(browser())
-    assert refused.status == 403 and "__Host-callrec_session" not in refused.cookies
-    async with portal.app[db_key].acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT oidc_subject, mfa_enrolled_at FROM staff_users WHERE email = $1", newcomer.email
-        )
-    assert row["oidc_subject"] is None and row["mfa_enrolled_at"] is None
-    reasons = [r["details"]["reason"] for r in await audit_rows(portal) if r["action"] == "user:login-failed"]
-    assert reasons == ["mfa_not_enrolled"]
-    idp.person = {"email": newcomer.email, "sub": "new-at-idp", "amr": ["pwd", "mfa"]}
-    b = browser()
-    assert (await sign_in(b)).status == 200
-    assert (await b.get("/portal/")).status == 200
-
-
-@pytest.mark.parametrize("amr", [["otp"], ["hwk"], ["swk"], ["pwd", "otp"]])
-async def test_a_single_factor_amr_is_not_mfa_by_default(
-    browser: Any, staff_factory: Any, idp: FakeIdP, amr: list[str]
-) -> None:
-    ana = await staff_factory("support")
-    idp.person = {"email": ana.email, "sub": "ana-at-idp"}
-    idp.tamper = {"amr": amr}
-    b = browser()
-    resp = await sign_in(b)
-    assert resp.status == 200
-    assert '<meta http-equiv="refresh" content="0;url=/portal/mfa">' in await text_of(resp)
-    assert (await b.get("/portal/")).headers["Location"] == "/portal/mfa"
-
-
-async def test_two_accounts_linking_one_subject_at_once_refuse_one(
-    browser: Any, staff_factory: Any, portal: Any, idp: FakeIdP, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The unique index decides a race the earlier read cannot see: a refusal, not a server error."""
-    ana, bob = await staff_factory("support"), await staff_factory("support")
-    starts = []
-    for _ in (ana, bob):
-        b = browser()
-        starts.append((b, await begin(b)))  # codes issued for each, before either comes back
-    # The provider hands out the same subject for both e-mail addresses (a misconfigured directory).
-    idp.person = {"sub": "shared-subject"}
-    from callrec.db import sso as sso_db
-
-    async def nobody_yet(conn: Any, *, issuer: str, subject: str) -> Any:
-        return None  # as if both transactions read before either linked
-
-    monkeypatch.setattr(sso_db, "holder_of", nobody_yet)
-    results = []
-    for (b, path), who in zip(starts, (ana, bob), strict=True):
-        idp.tamper = {"email": who.email}
-        results.append(await b.get(path))
-    assert sorted(r.status for r in results) == [200, 403]
-    async with portal.app[db_key].acquire() as conn:
-        linked = await conn.fetchval("SELECT count(*) FROM staff_users WHERE oidc_subject = 'shared-subject'")
-    assert linked == 1
-    reasons = [r["details"]["reason"] for r in await audit_rows(portal) if r["action"] == "user:login-failed"]
-    assert reasons == ["subject_linked_to_another_account"]
-
-
-async def test_sso_can_stay_off_the_public_login_page(
-    aiohttp_client: Any, app_config: Any, idp: FakeIdP
-) -> None:
-    config = app_config(tenants={"acme": {"oidc": oidc_table(idp, listed=False)}})
-    client = await aiohttp_client(create_app(config, run_workers=False))
-    page = await (await client.get("/portal/login")).text()
-    assert "/portal/sso/" not in page and "Acme SSO" not in page
-    assert (await client.get("/portal/sso/acme", allow_redirects=False)).status == 303  # still works

@@ -127,7 +127,7 @@ def test_dst_stays_open_and_keeps_its_prefix() -> None:
     dst.write(b"prefix")
     encrypt_stream(io.BytesIO(b"hello"), dst, handle, tenant="acme", recording_id="r")
     assert not dst.closed
-    ct = dst.getvalue()[len(b"prefix"):]
+    ct = dst.getvalue()[len(b"prefix") :]
     assert _decrypt(ct, handle, recording_id="r") == b"hello"
 
 
@@ -254,8 +254,11 @@ def test_destination_error_is_reported_as_itself() -> None:
     dst = _FullDisk(room=2 * SEGMENT)
     with pytest.raises(OSError) as info:
         encrypt_stream(
-            io.BytesIO(os.urandom(4 * SEGMENT)), cast(BinaryIO, dst), new_recording_key(),
-            tenant="acme", recording_id="rec-1",
+            io.BytesIO(os.urandom(4 * SEGMENT)),
+            cast(BinaryIO, dst),
+            new_recording_key(),
+            tenant="acme",
+            recording_id="rec-1",
         )
     assert info.value.errno == errno.ENOSPC
     assert not isinstance(info.value, tink.TinkError)

@@ -27,19 +27,26 @@ async def save_state(
     nonce: str,
     code_verifier: str,
     ttl: timedelta,
-) -> None:
+    max_pending: int,
+) -> bool:
+    """Keep a sign-in under way; False (nothing kept) when the tenant already has ``max_pending``
+    of them: anyone can start one, and the table must not grow without bound."""
     # Clearing expired rows here keeps the table small without a sweeper of its own.
     await conn.execute("DELETE FROM sso_states WHERE expires_at < now()")
-    await conn.execute(
+    saved = await conn.fetchval(
         """INSERT INTO sso_states (state_hash, tenant, browser_hash, nonce, code_verifier, expires_at)
-           VALUES ($1, $2, $3, $4, $5, now() + $6::interval)""",
+           SELECT $1, $2, $3, $4, $5, now() + $6::interval
+           WHERE (SELECT count(*) FROM sso_states WHERE tenant = $2) < $7
+           RETURNING true""",
         state_hash,
         tenant,
         browser_hash,
         nonce,
         code_verifier,
         ttl,
+        max_pending,
     )
+    return saved is not None
 
 
 async def take_state(conn: Conn, state_hash: bytes) -> SsoState | None:

@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 COOKIE = "__Host-callrec_sso"
 CALLBACK_PATH = "/portal/sso/callback"
 STATE_TTL = timedelta(minutes=10)
+# Sign-ins under way per tenant (each lives STATE_TTL): far above any company's staff signing in
+# at once, low enough that anonymous requests cannot fill the database.
+MAX_PENDING = 2000
 # Every call to a provider: connect within 5 s, done within 10 s.
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=5)
 METADATA_TTL = 3600.0
@@ -98,6 +101,7 @@ NO_ACCOUNT = (
     "to check your account."
 )
 PROVIDER_REFUSED = "The identity provider did not sign you in. Start again from the login page."
+BUSY = "Too many sign-ins are under way right now. Try again in a minute."
 PROVIDER_DOWN = (
     "The identity provider could not be reached or did not answer as expected. Try again in a minute."
 )
@@ -326,6 +330,7 @@ def _failure(request: web.Request, exc: SsoError, *, tenant: str | None) -> web.
         400: "Start again",
         401: "Not signed in",
         403: "Not signed in",
+        429: "Busy",
         502: "Identity provider unavailable",
     }
     response = _page(
@@ -358,7 +363,7 @@ async def start(request: web.Request) -> web.Response:
     if not re.fullmatch(r"[A-Za-z0-9_-]{43}", browser):
         browser = secrets.token_urlsafe(32)
     async with request.app[db_key].acquire() as conn:
-        await sso_db.save_state(
+        saved = await sso_db.save_state(
             conn,
             state_hash=_hash(state),
             tenant=tenant,
@@ -366,7 +371,13 @@ async def start(request: web.Request) -> web.Response:
             nonce=nonce,
             code_verifier=code_verifier,
             ttl=STATE_TTL,
+            max_pending=MAX_PENDING,
         )
+    if not saved:
+        log.warning("sso of tenant %s: %d sign-ins already under way; refusing more", tenant, MAX_PENDING)
+        response = _failure(request, SsoError(BUSY, code="too_many_pending", status=429), tenant=tenant)
+        response.headers["Retry-After"] = "60"
+        return response
     client = OAuth2Client(
         None,
         client_id=oidc.client_id,

@@ -777,3 +777,18 @@ async def test_in_a_real_browser_the_sign_in_ends_on_the_recordings(
         assert fake.hits["token"] == 1
     finally:
         await idp_server.close()
+
+
+async def test_sign_ins_under_way_are_capped_per_tenant(
+    browser: Any, portal: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone can start a sign-in; the rows it keeps cannot grow without bound."""
+    monkeypatch.setattr(sso, "MAX_PENDING", 3)
+    starts = [await browser().get("/portal/sso/acme") for _ in range(4)]
+    assert [r.status for r in starts] == [303, 303, 303, 429]
+    assert starts[3].headers["Retry-After"] == "60" and starts[3].cookies[sso.COOKIE].value == ""
+    assert sso.BUSY in html.unescape(await starts[3].text())
+    async with portal.app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sso_states") == 3
+        await conn.execute("UPDATE sso_states SET expires_at = now() - interval '1 second'")
+    assert (await browser().get("/portal/sso/acme")).status == 303  # expired ones make room

@@ -31,6 +31,7 @@ from callrec.ingest.batcher import JobBatcher
 from callrec.ingest.worker import Worker
 from callrec.keyring import TenantKeys
 from callrec.metrics import Metrics, metrics_handler, metrics_key
+from callrec.portal.chain import ChainStatus, chain_key, run_full_walks
 from callrec.portal.routes import setup_portal
 from callrec.portal.sessions import portal_middleware, session_key
 from callrec.retention.sweeper import sweep
@@ -231,13 +232,16 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
             await app[store_key].close()
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
-        task = (
-            asyncio.create_task(run_sweeper(app)) if run_workers and config.retention.sweep_in_serve else None
-        )
+        tasks = []
+        if run_workers and config.retention.sweep_in_serve:
+            tasks.append(asyncio.create_task(run_sweeper(app)))
+        if run_workers:
+            # The audit chain's full walk, kept fresh for the auditors' page (callrec.portal.chain).
+            tasks.append(asyncio.create_task(run_full_walks(app, app[db_key])))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -263,6 +267,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.cleanup_ctx.append(workers)
     app.cleanup_ctx.append(sweeper)
 
+    app[chain_key] = ChainStatus()
     setup_portal(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -160,23 +160,29 @@ async def record(
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
-    entries: int
+    entries: int  # entries walked
     head_seq: int
     problems: list[str]
+    last_seq: int = 0  # the newest entry walked (or the starting point, when there was none)
+    last_hash: bytes = GENESIS
 
 
-async def verify(conn: Conn, *, batch: int = 5000) -> VerifyResult:
-    """Walk the whole chain and report every entry that was edited, removed or reordered."""
+async def verify(
+    conn: Conn, *, batch: int = 5000, after_seq: int = 0, prev_hash: bytes = GENESIS
+) -> VerifyResult:
+    """Walk the chain and report every entry that was edited, removed or reordered: the whole
+    chain, or from entry ``after_seq + 1`` on, given the hash of entry ``after_seq`` (known good
+    from an earlier walk), to check only what was added since."""
     problems: list[str] = []
-    prev = GENESIS
-    expected_seq = 1
+    prev = prev_hash
+    expected_seq = after_seq + 1
     count = 0
-    last_seq = 0
+    last_seq = after_seq
     while True:
         rows = await conn.fetch(
             """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash
-               FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2""",
-            expected_seq if not count else last_seq + 1,
+               FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2""",
+            last_seq,
             batch,
         )
         if not rows:
@@ -209,9 +215,16 @@ async def verify(conn: Conn, *, batch: int = 5000) -> VerifyResult:
     head_seq = head["seq"] if head else 0
     if head and (head["seq"] != last_seq or bytes(head["hash"]) != prev):
         problems.append(f"chain head says entry {head['seq']} is the newest, the log ends at {last_seq}")
-    if not head and count:
+    if not head and last_seq:
         problems.append("chain head is missing")
-    return VerifyResult(ok=not problems, entries=count, head_seq=head_seq, problems=problems)
+    return VerifyResult(
+        ok=not problems,
+        entries=count,
+        head_seq=head_seq,
+        problems=problems,
+        last_seq=last_seq,
+        last_hash=prev,
+    )
 
 
 async def entries_by_seq(conn: Conn, seqs: list[int]) -> list[AuditEntry]:

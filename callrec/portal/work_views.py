@@ -25,6 +25,7 @@ from callrec.db import audit, deletions, holds, jobs, recordings, staff
 from callrec.errors import BadRequest
 from callrec.ingest.webhooks import normalise_e164
 from callrec.portal import roles
+from callrec.portal.chain import chain_key
 from callrec.portal.forms import actor, form_text, page_context, path_uuid, staff_user
 from callrec.portal.rights_views import subject_from_form
 from callrec.portal.sessions import redirect
@@ -311,8 +312,7 @@ async def _actor_names(request: web.Request) -> dict[str, str]:
 async def audit_page(request: web.Request) -> web.Response:
     roles.require(staff_user(request).role, roles.AUDIT_LOG)
     rows = await _audit_rows(request, AUDIT_PAGE + 1)
-    async with request.app[db_key].acquire() as conn:
-        verified = await audit.verify(conn)
+    verified = await request.app[chain_key].check(request.app[db_key])
     filters = {k: v for k, v in request.query.items() if v and k != "before"}
     older = urlencode({**filters, "before": rows[AUDIT_PAGE - 1].seq}) if len(rows) > AUDIT_PAGE else None
     return aiohttp_jinja2.render_template(

@@ -150,6 +150,17 @@ async def test_auditor_reads_verifies_and_exports_the_log(
     async with portal.app[db_key].acquire() as conn:
         await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
         await conn.execute("UPDATE audit_log SET details = '{}' WHERE seq = 1")
+    # Views walk only what was added since the last full walk (an hour at most ago)...
+    assert "Hash chain intact" in await (await b.get("/portal/audit")).text()
+    # ...and the next full walk finds the edit, and keeps showing it.
+    from datetime import timedelta
+
+    from callrec.portal.chain import chain_key
+
+    portal.app[chain_key].full_every = timedelta(0)
+    broken = await (await b.get("/portal/audit")).text()
+    assert "Hash chain BROKEN" in broken and "entry 1: content does not match" in broken
+    portal.app[chain_key].full_every = timedelta(hours=1)
     assert "Hash chain BROKEN" in await (await b.get("/portal/audit")).text()
 
 

@@ -779,6 +779,80 @@ async def test_in_a_real_browser_the_sign_in_ends_on_the_recordings(
         await idp_server.close()
 
 
+async def test_an_account_without_totp_signs_in_only_with_mfa_at_the_provider(
+    browser: Any, staff_factory: Any, portal: Any, idp: FakeIdP
+) -> None:
+    """Enrolment shows the TOTP secret: it must not go to whoever holds the provider identity."""
+    newcomer = await staff_factory("support", enrolled=False)
+    idp.person = {"email": newcomer.email, "sub": "new-at-idp", "amr": ["pwd"]}
+    refused = await sign_in(browser())
+    assert refused.status == 403 and "__Host-callrec_session" not in refused.cookies
+    async with portal.app[db_key].acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT oidc_subject, mfa_enrolled_at FROM staff_users WHERE email = $1", newcomer.email
+        )
+    assert row["oidc_subject"] is None and row["mfa_enrolled_at"] is None
+    reasons = [r["details"]["reason"] for r in await audit_rows(portal) if r["action"] == "user:login-failed"]
+    assert reasons == ["mfa_not_enrolled"]
+    idp.person = {"email": newcomer.email, "sub": "new-at-idp", "amr": ["pwd", "mfa"]}
+    b = browser()
+    assert (await sign_in(b)).status == 200
+    assert (await b.get("/portal/")).status == 200
+
+
+@pytest.mark.parametrize("amr", [["otp"], ["hwk"], ["swk"], ["pwd", "otp"]])
+async def test_a_single_factor_amr_is_not_mfa_by_default(
+    browser: Any, staff_factory: Any, idp: FakeIdP, amr: list[str]
+) -> None:
+    ana = await staff_factory("support")
+    idp.person = {"email": ana.email, "sub": "ana-at-idp"}
+    idp.tamper = {"amr": amr}
+    b = browser()
+    resp = await sign_in(b)
+    assert resp.status == 200
+    assert '<meta http-equiv="refresh" content="0;url=/portal/mfa">' in await text_of(resp)
+    assert (await b.get("/portal/")).headers["Location"] == "/portal/mfa"
+
+
+async def test_two_accounts_linking_one_subject_at_once_refuse_one(
+    browser: Any, staff_factory: Any, portal: Any, idp: FakeIdP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unique index decides a race the earlier read cannot see: a refusal, not a server error."""
+    ana, bob = await staff_factory("support"), await staff_factory("support")
+    starts = []
+    for _ in (ana, bob):
+        b = browser()
+        starts.append((b, await begin(b)))  # codes issued for each, before either comes back
+    # The provider hands out the same subject for both e-mail addresses (a misconfigured directory).
+    idp.person = {"sub": "shared-subject"}
+    from callrec.db import sso as sso_db
+
+    async def nobody_yet(conn: Any, *, issuer: str, subject: str) -> Any:
+        return None  # as if both transactions read before either linked
+
+    monkeypatch.setattr(sso_db, "holder_of", nobody_yet)
+    results = []
+    for (b, path), who in zip(starts, (ana, bob), strict=True):
+        idp.tamper = {"email": who.email}
+        results.append(await b.get(path))
+    assert sorted(r.status for r in results) == [200, 403]
+    async with portal.app[db_key].acquire() as conn:
+        linked = await conn.fetchval("SELECT count(*) FROM staff_users WHERE oidc_subject = 'shared-subject'")
+    assert linked == 1
+    reasons = [r["details"]["reason"] for r in await audit_rows(portal) if r["action"] == "user:login-failed"]
+    assert reasons == ["subject_linked_to_another_account"]
+
+
+async def test_sso_can_stay_off_the_public_login_page(
+    aiohttp_client: Any, app_config: Any, idp: FakeIdP
+) -> None:
+    config = app_config(tenants={"acme": {"oidc": oidc_table(idp, listed=False)}})
+    client = await aiohttp_client(create_app(config, run_workers=False))
+    page = await (await client.get("/portal/login")).text()
+    assert "/portal/sso/" not in page and "Acme SSO" not in page
+    assert (await client.get("/portal/sso/acme", allow_redirects=False)).status == 303  # still works
+
+
 async def test_sign_ins_under_way_are_capped_per_tenant(
     browser: Any, portal: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,6 +1,6 @@
 """The audit chain's status on the auditor's page, without walking the whole log on every view.
 
-Walking the chain costs about 17–20 µs an entry (docs/benchmarks.md): 17 s for a million entries,
+Walking the chain costs about 17 to 20 µs an entry (docs/benchmarks.md): 17 s for a million entries,
 far too long for a page. So the status keeps what it has verified (the newest entry found intact
 and its hash): a view walks only the entries added since, and the whole chain is walked again when
 the last full walk is older than ``FULL_EVERY``; ``callrec serve`` does that in the background, so

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import asyncpg
+
 from callrec.db import Conn
 
 GENESIS = b"\x00" * 32
@@ -77,6 +79,23 @@ class AuditEntry:
     details: dict[str, Any]
     prev_hash: bytes
     hash: bytes
+
+
+_ENTRY_COLUMNS = "seq, at, tenant, actor, action, recording_id, details, prev_hash, hash"
+
+
+def _entry(row: asyncpg.Record) -> AuditEntry:
+    return AuditEntry(
+        row["seq"],
+        row["at"],
+        row["tenant"],
+        row["actor"],
+        row["action"],
+        row["recording_id"],
+        json.loads(row["details"]),
+        bytes(row["prev_hash"]),
+        bytes(row["hash"]),
+    )
 
 
 def _canonical(
@@ -180,35 +199,34 @@ async def verify(
     last_seq = after_seq
     while True:
         rows = await conn.fetch(
-            """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash
-               FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2""",
+            f"SELECT {_ENTRY_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
             last_seq,
             batch,
         )
         if not rows:
             break
-        for row in rows:
+        for entry in map(_entry, rows):
             count += 1
-            seq = row["seq"]
+            seq = entry.seq
             if seq != expected_seq:
                 problems.append(f"entries {expected_seq}..{seq - 1} are missing")
-            if bytes(row["prev_hash"]) != prev:
+            if entry.prev_hash != prev:
                 problems.append(f"entry {seq}: link to the previous entry is broken")
             digest = entry_hash(
-                bytes(row["prev_hash"]),
+                entry.prev_hash,
                 _canonical(
                     seq=seq,
-                    at=row["at"],
-                    tenant=row["tenant"],
-                    actor=row["actor"],
-                    action=row["action"],
-                    recording_id=row["recording_id"],
-                    details=json.loads(row["details"]),
+                    at=entry.at,
+                    tenant=entry.tenant,
+                    actor=entry.actor,
+                    action=entry.action,
+                    recording_id=entry.recording_id,
+                    details=entry.details,
                 ),
             )
-            if digest != bytes(row["hash"]):
+            if digest != entry.hash:
                 problems.append(f"entry {seq}: content does not match its hash (edited)")
-            prev = bytes(row["hash"])
+            prev = entry.hash
             expected_seq = seq + 1
             last_seq = seq
     head = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id")
@@ -229,24 +247,10 @@ async def verify(
 
 async def entries_by_seq(conn: Conn, seqs: list[int]) -> list[AuditEntry]:
     rows = await conn.fetch(
-        """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash
-           FROM audit_log WHERE seq = ANY($1::bigint[]) ORDER BY seq""",
+        f"SELECT {_ENTRY_COLUMNS} FROM audit_log WHERE seq = ANY($1::bigint[]) ORDER BY seq",
         seqs,
     )
-    return [
-        AuditEntry(
-            r["seq"],
-            r["at"],
-            r["tenant"],
-            r["actor"],
-            r["action"],
-            r["recording_id"],
-            json.loads(r["details"]),
-            bytes(r["prev_hash"]),
-            bytes(r["hash"]),
-        )
-        for r in rows
-    ]
+    return [_entry(r) for r in rows]
 
 
 async def head(conn: Conn) -> tuple[int, bytes] | None:
@@ -269,7 +273,7 @@ async def search(
     """Newest first: one tenant's entries, filtered by actor, action, recording and time
     (``at_from`` inclusive, ``at_to`` exclusive); ``before_seq`` pages back from an entry."""
     rows = await conn.fetch(
-        """SELECT seq, at, tenant, actor, action, recording_id, details, prev_hash, hash FROM audit_log
+        f"""SELECT {_ENTRY_COLUMNS} FROM audit_log
            WHERE tenant = $1 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action = $3)
              AND ($4::uuid IS NULL OR recording_id = $4)
              AND ($6::timestamptz IS NULL OR at >= $6) AND ($7::timestamptz IS NULL OR at < $7)
@@ -284,17 +288,4 @@ async def search(
         at_to,
         before_seq,
     )
-    return [
-        AuditEntry(
-            r["seq"],
-            r["at"],
-            r["tenant"],
-            r["actor"],
-            r["action"],
-            r["recording_id"],
-            json.loads(r["details"]),
-            bytes(r["prev_hash"]),
-            bytes(r["hash"]),
-        )
-        for r in rows
-    ]
+    return [_entry(r) for r in rows]

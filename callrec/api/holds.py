@@ -137,13 +137,8 @@ async def create_hold(request: web.Request) -> web.Response:
             reason=reason,
             actor=actor(token),
             review_at=review_at,
-            recording_ids=scope["recording_ids"],
-            call_ids=scope["call_ids"],
-            phone_hashes=scope["phone_hashes"],
-            time_from=scope["time_from"],
-            time_to=scope["time_to"],
-            agent=scope["agent"],
             max_attempts=request.app[config_key].ingest.max_attempts,
+            **scope,
         )
     return web.json_response(hold_json(hold, covers=covers), status=201)
 

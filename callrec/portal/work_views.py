@@ -116,13 +116,8 @@ async def holds_post(request: web.Request) -> web.Response:
             reason=reason,
             actor=actor(request),
             review_at=None,
-            recording_ids=scope["recording_ids"],
-            call_ids=scope["call_ids"],
-            phone_hashes=scope["phone_hashes"],
-            time_from=scope["time_from"],
-            time_to=scope["time_to"],
-            agent=scope["agent"],
             max_attempts=request.app[config_key].ingest.max_attempts,
+            **scope,
         )
     return redirect("/portal/holds")
 

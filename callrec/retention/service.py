@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from dataclasses import replace
+from datetime import date, datetime
 
 from callrec import erasure
 from callrec.db import Conn, audit, deletions, holds, jobs
@@ -45,26 +46,17 @@ async def place_hold(
     """Place a hold (exclusive hold lock: no erasure of this tenant runs across it). Returns the
     hold and how many live recordings it covers now."""
     await erasure.lock_for_hold_change(conn, tenant)
+    scoped = holds.Hold.for_scope(
+        tenant,
+        recording_ids=recording_ids,
+        call_ids=call_ids,
+        phone_hashes=phone_hashes,
+        time_from=time_from,
+        time_to=time_to,
+        agent=agent,
+    )
     hold = await holds.create(
-        conn,
-        holds.Hold(
-            id=uuid.uuid4(),
-            tenant=tenant,
-            matter=matter,
-            reason=reason,
-            created_by=actor,
-            created_at=datetime.now(UTC),
-            review_at=review_at,
-            scope_recording_ids=recording_ids,
-            scope_call_ids=call_ids,
-            scope_phone_hashes=phone_hashes,
-            scope_from=time_from,
-            scope_to=time_to,
-            scope_agent=agent,
-            released_at=None,
-            released_by=None,
-            release_reason=None,
-        ),
+        conn, replace(scoped, matter=matter, reason=reason, created_by=actor, review_at=review_at)
     )
     covered = await holds.count_covered(conn, hold)
     # The matter names the case; the reason may name people, so it stays out of the audit log.

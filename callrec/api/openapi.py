@@ -490,8 +490,10 @@ def _op(
     parameters: list[dict[str, Any]] | None = None,
     body: str | None = None,
 ) -> dict[str, Any]:
-    """An operation. A ``scope`` makes it need a bearer token with that scope (and adds 401, 403)."""
-    statuses = set(errors) | {503}
+    """An operation. A ``scope`` makes it need a bearer token with that scope (and adds 401, 403).
+    Every operation can answer 400: the app refuses a query string with NUL or invalid UTF-8
+    (``invalid_characters``) before any handler runs."""
+    statuses = set(errors) | {400, 503}
     if scope is not None:
         statuses |= {401, 403}
     op: dict[str, Any] = {"operationId": operation_id, "tags": [tag], "summary": summary}

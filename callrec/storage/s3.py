@@ -52,7 +52,11 @@ from callrec.storage.base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        ListObjectVersionsOutputTypeDef,
+        ObjectIdentifierTypeDef,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,30 @@ class _Entry:
     size: int
     is_latest: bool
     is_delete_marker: bool
+
+
+def _page_entries(page: ListObjectVersionsOutputTypeDef) -> Iterator[tuple[str, _Entry]]:
+    """(key, entry) for each row of one ListObjectVersions page: its versions, then its markers."""
+    for version in page.get("Versions", []):
+        yield (
+            version.get("Key", ""),
+            _Entry(
+                version_id=version.get("VersionId", "null"),
+                size=version.get("Size", 0),
+                is_latest=version.get("IsLatest", False),
+                is_delete_marker=False,
+            ),
+        )
+    for marker in page.get("DeleteMarkers", []):
+        yield (
+            marker.get("Key", ""),
+            _Entry(
+                version_id=marker.get("VersionId", "null"),
+                size=0,
+                is_latest=marker.get("IsLatest", False),
+                is_delete_marker=True,
+            ),
+        )
 
 
 class S3ObjectStore:
@@ -539,28 +567,9 @@ class S3ObjectStore:
                 PaginationConfig={"PageSize": _LIST_PAGE_SIZE},
             )
             for page in pages:
-                for version in page.get("Versions", []):
-                    name = version.get("Key", "")
+                for name, entry in _page_entries(page):
                     if name in wanted:
-                        seen.setdefault(name, []).append(
-                            _Entry(
-                                version_id=version.get("VersionId", "null"),
-                                size=version.get("Size", 0),
-                                is_latest=version.get("IsLatest", False),
-                                is_delete_marker=False,
-                            )
-                        )
-                for marker in page.get("DeleteMarkers", []):
-                    name = marker.get("Key", "")
-                    if name in wanted:
-                        seen.setdefault(name, []).append(
-                            _Entry(
-                                version_id=marker.get("VersionId", "null"),
-                                size=0,
-                                is_latest=marker.get("IsLatest", False),
-                                is_delete_marker=True,
-                            )
-                        )
+                        seen.setdefault(name, []).append(entry)
                 next_key = page.get("NextKeyMarker")
                 if not page.get("IsTruncated"):
                     passed = len(group)
@@ -747,30 +756,11 @@ class S3ObjectStore:
             )
             for page in pages:
                 done = False
-                for version in page.get("Versions", []):
-                    if version.get("Key") != full_key:
+                for name, entry in _page_entries(page):
+                    if name != full_key:
                         done = True
                         continue
-                    entries.append(
-                        _Entry(
-                            version_id=version.get("VersionId", "null"),
-                            size=version.get("Size", 0),
-                            is_latest=version.get("IsLatest", False),
-                            is_delete_marker=False,
-                        )
-                    )
-                for marker in page.get("DeleteMarkers", []):
-                    if marker.get("Key") != full_key:
-                        done = True
-                        continue
-                    entries.append(
-                        _Entry(
-                            version_id=marker.get("VersionId", "null"),
-                            size=0,
-                            is_latest=marker.get("IsLatest", False),
-                            is_delete_marker=True,
-                        )
-                    )
+                    entries.append(entry)
                 if done:
                     break
         return entries

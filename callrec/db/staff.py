@@ -142,7 +142,7 @@ async def set_disabled(conn: Conn, *, tenant: str, user_id: uuid.UUID, disabled:
         disabled,
     )
     if row is not None and disabled:
-        await conn.execute("DELETE FROM staff_sessions WHERE user_id = $1", user_id)
+        await end_sessions(conn, user_id)
     return _user(row) if row else None
 
 
@@ -156,9 +156,7 @@ async def unlock(conn: Conn, *, tenant: str, user_id: uuid.UUID) -> StaffUser | 
     return _user(row) if row else None
 
 
-async def reset_mfa(
-    conn: Conn, *, tenant: str, user_id: uuid.UUID, totp_sealed: bytes
-) -> StaffUser | None:
+async def reset_mfa(conn: Conn, *, tenant: str, user_id: uuid.UUID, totp_sealed: bytes) -> StaffUser | None:
     """A new TOTP secret to enrol at the next login; old recovery codes and sessions end."""
     row = await conn.fetchrow(
         f"""UPDATE staff_users SET totp_sealed = $3, mfa_enrolled_at = NULL, recovery_hashes = '{{}}'
@@ -168,7 +166,7 @@ async def reset_mfa(
         totp_sealed,
     )
     if row is not None:
-        await conn.execute("DELETE FROM staff_sessions WHERE user_id = $1", user_id)
+        await end_sessions(conn, user_id)
     return _user(row) if row else None
 
 
@@ -181,3 +179,8 @@ async def lock_active_admins(conn: Conn, *, tenant: str) -> int:
         tenant,
     )
     return len(rows)
+
+
+async def end_sessions(conn: Conn, user_id: uuid.UUID) -> None:
+    """Log the account out everywhere: its portal sessions (and their access grants) end."""
+    await conn.execute("DELETE FROM staff_sessions WHERE user_id = $1", user_id)

@@ -31,6 +31,23 @@ class NewAccount:
     enrol_uri: str  # otpauth:// URI while MFA is pending
 
 
+async def _audit(
+    conn: Conn,
+    action: audit.AuditAction,
+    *,
+    tenant: str,
+    actor: str,
+    user_id: uuid.UUID,
+    via: str,
+    role: str | None = None,
+) -> None:
+    """An account change's audit entry: the account's id (and role), never its e-mail address."""
+    details: dict[str, str] = {"user_id": str(user_id)}
+    if role is not None:
+        details["role"] = role
+    await audit.record(conn, tenant=tenant, actor=actor, action=action, details={**details, "via": via})
+
+
 def clean_email(raw: str) -> str:
     email = raw.strip().lower()
     if not _EMAIL.fullmatch(email) or len(email) > 254:
@@ -81,12 +98,8 @@ async def add(
     )
     if user is None:
         return None
-    await audit.record(
-        conn,
-        tenant=tenant,
-        actor=actor,
-        action=audit.AuditAction.USER_ADDED,
-        details={"user_id": str(user_id), "role": role, "via": via},
+    await _audit(
+        conn, audit.AuditAction.USER_ADDED, tenant=tenant, actor=actor, user_id=user_id, via=via, role=role
     )
     return NewAccount(
         user=user,
@@ -113,13 +126,8 @@ async def set_disabled(
             raise InvalidAccount("This is the tenant's last admin account; add another admin first.")
     user = await staff.set_disabled(conn, tenant=tenant, user_id=user_id, disabled=disabled)
     if user is not None:
-        await audit.record(
-            conn,
-            tenant=tenant,
-            actor=actor,
-            action=audit.AuditAction.USER_DISABLED if disabled else audit.AuditAction.USER_ENABLED,
-            details={"user_id": str(user_id), "role": user.role, "via": via},
-        )
+        action = audit.AuditAction.USER_DISABLED if disabled else audit.AuditAction.USER_ENABLED
+        await _audit(conn, action, tenant=tenant, actor=actor, user_id=user_id, via=via, role=user.role)
     return user
 
 
@@ -128,12 +136,8 @@ async def unlock(
 ) -> staff.StaffUser | None:
     user = await staff.unlock(conn, tenant=tenant, user_id=user_id)
     if user is not None:
-        await audit.record(
-            conn,
-            tenant=tenant,
-            actor=actor,
-            action=audit.AuditAction.USER_UNLOCKED,
-            details={"user_id": str(user_id), "via": via},
+        await _audit(
+            conn, audit.AuditAction.USER_UNLOCKED, tenant=tenant, actor=actor, user_id=user_id, via=via
         )
     return user
 
@@ -149,13 +153,7 @@ async def reset_mfa(
     user = await staff.reset_mfa(conn, tenant=tenant, user_id=user_id, totp_sealed=sealed)
     if user is None:
         return None
-    await audit.record(
-        conn,
-        tenant=tenant,
-        actor=actor,
-        action=audit.AuditAction.USER_MFA_RESET,
-        details={"user_id": str(user_id), "via": via},
-    )
+    await _audit(conn, audit.AuditAction.USER_MFA_RESET, tenant=tenant, actor=actor, user_id=user_id, via=via)
     return user
 
 
@@ -163,12 +161,8 @@ async def unlink_sso(conn: Conn, *, tenant: str, user_id: uuid.UUID, actor: str,
     """The person's account at the identity provider was recreated: let the next sign-in link anew."""
     if not await sso.unlink_subject(conn, tenant=tenant, user_id=user_id):
         return False
-    await conn.execute("DELETE FROM staff_sessions WHERE user_id = $1", user_id)
-    await audit.record(
-        conn,
-        tenant=tenant,
-        actor=actor,
-        action=audit.AuditAction.USER_SSO_UNLINKED,
-        details={"user_id": str(user_id), "via": via},
+    await staff.end_sessions(conn, user_id)
+    await _audit(
+        conn, audit.AuditAction.USER_SSO_UNLINKED, tenant=tenant, actor=actor, user_id=user_id, via=via
     )
     return True

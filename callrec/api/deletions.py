@@ -127,27 +127,16 @@ async def create_request(request: web.Request) -> web.Response:
         "callback_url": callback_url,
     }
     request_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    now = datetime.now(UTC)
-    new = deletions.DeletionRequest(
-        id=uuid.uuid4(),
-        tenant=token.tenant,
-        subject_kind=subject["subject_kind"],
-        subject_phone_hash=subject.get("subject_phone_hash"),
-        subject_call_id=subject.get("subject_call_id"),
-        subject_recording_ids=subject.get("subject_recording_ids"),
+    new = service.new_request(
+        tenant,
+        subject=subject,
         law=law,
+        actor=actor(token),
+        request_hash=request_hash,
         reason=optional_str(body, "reason", max_length=2000),
         external_ref=optional_str(body, "external_ref", max_length=200),
         callback_url=callback_url,
         idempotency_key=key,
-        request_hash=request_hash,
-        status="received",
-        rejection_reason=None,
-        created_by=actor(token),
-        received_at=now,
-        due_at=now + (tenant.deletion_due_ccpa if law == "ccpa" else tenant.deletion_due),
-        completed_at=None,
-        updated_at=now,
     )
     async with request.app[db_key].acquire() as conn, conn.transaction():
         req, created = await deletions.insert(conn, new)

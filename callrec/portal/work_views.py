@@ -170,27 +170,14 @@ async def deletions_post(request: web.Request) -> web.Response:
     law = str(form.get("law", "gdpr"))
     if law not in ("gdpr", "ccpa"):
         raise BadRequest("Choose GDPR or CCPA.")
-    now = datetime.now(UTC)
-    req = deletions.DeletionRequest(
-        id=uuid.uuid4(),
-        tenant=user.tenant,
-        subject_kind=subject["subject_kind"],
-        subject_phone_hash=subject.get("subject_phone_hash"),
-        subject_call_id=subject.get("subject_call_id"),
-        subject_recording_ids=None,
+    req = service.new_request(
+        tenant,
+        subject=subject,
         law=law,
+        actor=actor(request),
+        request_hash=uuid.uuid4().hex,  # a portal request is never replayed: nothing to compare
         reason=form_text(form, "reason", label="Reason", required=False, max_length=2000),
         external_ref=form_text(form, "external_ref", label="Reference", required=False, max_length=200),
-        callback_url=None,
-        idempotency_key=None,
-        request_hash=uuid.uuid4().hex,
-        status="received",
-        rejection_reason=None,
-        created_by=actor(request),
-        received_at=now,
-        due_at=now + (tenant.deletion_due_ccpa if law == "ccpa" else tenant.deletion_due),
-        completed_at=None,
-        updated_at=now,
     )
     async with request.app[db_key].acquire() as conn, conn.transaction():
         created, _ = await deletions.insert(conn, req)

@@ -12,11 +12,13 @@ caller's transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
 from callrec import erasure
+from callrec.config import TenantConfig
 from callrec.db import Conn, audit, deletions, holds, jobs
 
 DELETION_PROCESS = "deletion.process"
@@ -120,6 +122,44 @@ def _scope_summary(hold: holds.Hold) -> dict[str, object]:
 
 
 # --- deletion requests -------------------------------------------------------------------------
+
+
+def new_request(
+    tenant: TenantConfig,
+    *,
+    subject: Mapping[str, Any],
+    law: str,
+    actor: str,
+    request_hash: str,
+    reason: str | None = None,
+    external_ref: str | None = None,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+) -> deletions.DeletionRequest:
+    """A deletion request as received now, due by the tenant's deadline for its law (GDPR Art. 12(3):
+    a month; CCPA: 45 days)."""
+    now = datetime.now(UTC)
+    return deletions.DeletionRequest(
+        id=uuid.uuid4(),
+        tenant=tenant.name,
+        subject_kind=subject["subject_kind"],
+        subject_phone_hash=subject.get("subject_phone_hash"),
+        subject_call_id=subject.get("subject_call_id"),
+        subject_recording_ids=subject.get("subject_recording_ids"),
+        law=law,
+        reason=reason,
+        external_ref=external_ref,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        status="received",
+        rejection_reason=None,
+        created_by=actor,
+        received_at=now,
+        due_at=now + (tenant.deletion_due_ccpa if law == "ccpa" else tenant.deletion_due),
+        completed_at=None,
+        updated_at=now,
+    )
 
 
 async def accept_request(

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from twilio_support import PUBLIC_BASE, TWILIO_SID, TWILIO_TOKEN
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "audio"
 if not FIXTURES.is_dir():  # tests/ copy, when shared/ is not beside the repo
@@ -125,9 +126,6 @@ def moto_endpoint() -> Iterator[str]:
 
 # --- the application under test -------------------------------------------------------------
 
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
-PUBLIC_BASE = "https://callrec.example.test"
 WEBHOOK_SECRET = "pbx-shared-secret-for-tests"
 
 

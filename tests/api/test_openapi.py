@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twilio.request_validator import RequestValidator
+from twilio_support import TWILIO_SID, TWILIO_TOKEN, ingest_twilio
 
 from callrec.api import openapi
 from callrec.api.auth import SCOPES
@@ -24,8 +24,6 @@ from callrec.db import recordings, tokens
 
 API = "/api/v1"
 DOC_PATH = f"{API}/openapi.json"
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 
 
@@ -189,27 +187,6 @@ async def drain(client: Any) -> None:
             return
 
 
-async def ingest_twilio(client: Any, fake: Any, audio: bytes) -> uuid.UUID:
-    sid, call = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
-    fake.media[sid] = audio
-    fake.calls[call] = {"from": "+12125550123", "to": "+16465550199", "direction": "inbound"}
-    form = {
-        "AccountSid": TWILIO_SID,
-        "CallSid": call,
-        "RecordingSid": sid,
-        "RecordingUrl": fake.recording_url(sid),
-        "RecordingStatus": "completed",
-    }
-    path = "/webhooks/twilio/acme?consent=granted&basis=contract&agent=agent-1"
-    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-    assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-    await drain(client)
-    async with client.app[db_key].acquire() as conn:
-        rid = await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
-    assert rid is not None
-    return uuid.UUID(str(rid))
-
-
 async def quarantined(client: Any) -> uuid.UUID:
     now = datetime.now(UTC)
     rec = recordings.Recording(
@@ -262,8 +239,8 @@ class Seeded:
 @pytest.fixture
 async def seeded(api: Any, fake_twilio: Any, audio_fixtures: Path) -> Seeded:
     audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
-    held = await ingest_twilio(api, fake_twilio, audio)
-    erased = await ingest_twilio(api, fake_twilio, audio)
+    held = await ingest_twilio(api, fake_twilio, audio, drain=True)
+    erased = await ingest_twilio(api, fake_twilio, audio, drain=True)
     auth = await bearer(api, all_scopes())
     hold = await api.post(
         f"{API}/legal-holds",

@@ -14,17 +14,14 @@ from typing import Any
 
 import boto3
 import pytest
-from twilio.request_validator import RequestValidator
+from twilio_support import TWILIO_SID, TWILIO_TOKEN, ingest_twilio
 
 from callrec.app import create_app, worker_key
 from callrec.appkeys import config_key, db_key, store_key
 from callrec.db import audit, jobs, tokens
 from callrec.storage import StoreUnavailable
 
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
 ALICE, BOB = "+12125550123", "+12125550777"  # callers (New York: one-party consent)
-DESK = "+16465550199"
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -61,27 +58,12 @@ def audio(audio_fixtures: Path) -> bytes:
 
 
 async def ingest(client: Any, fake: Any, audio: bytes, *, caller: str) -> tuple[uuid.UUID, str]:
-    """One recording through a signed Twilio callback and the worker: (id, object key)."""
-    sid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
-    fake.media[sid] = audio
-    fake.calls[csid] = {"from": caller, "to": DESK, "direction": "inbound"}
-    form = {
-        "AccountSid": TWILIO_SID,
-        "CallSid": csid,
-        "RecordingSid": sid,
-        "RecordingUrl": fake.recording_url(sid),
-        "RecordingStatus": "completed",
-    }
-    path = "/webhooks/twilio/acme?consent=granted&basis=contract"
-    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-    assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-    assert await client.app[worker_key].run_once()
+    """One stored recording (twilio_support.ingest_twilio): (id, object key)."""
+    rid = await ingest_twilio(client, fake, audio, caller=caller, agent=None)
     async with client.app[db_key].acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT id, object_key FROM recordings WHERE provider_recording_id = $1 AND state = 'stored'", sid
-        )
-    assert row is not None
-    return row["id"], row["object_key"]
+        key = await conn.fetchval("SELECT object_key FROM recordings WHERE id = $1 AND state = 'stored'", rid)
+    assert key is not None
+    return rid, key
 
 
 async def bearer(client: Any, *scopes: str) -> dict[str, str]:

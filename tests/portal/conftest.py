@@ -9,13 +9,9 @@ from typing import Any
 
 import pytest
 from portal_support import PASSWORD, Staff, make_staff
-from twilio.request_validator import RequestValidator
+from twilio_support import ingest_twilio
 
-from callrec.app import create_app, worker_key
-from callrec.appkeys import db_key
-
-TWILIO_SID = "AC" + "0123456789abcdef" * 2  # tenant acme's, as in tests/conftest.py
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
+from callrec.app import create_app
 
 
 def hidden(html: str, name: str) -> str:
@@ -94,34 +90,5 @@ def staff_factory(portal: Any) -> Callable[..., Awaitable[Staff]]:
 
 @pytest.fixture
 def ingest_call(portal: Any, fake_twilio: Any) -> Callable[..., Awaitable[uuid.UUID]]:
-    """A recording through the real path: a signed Twilio callback for tenant acme, then the worker."""
-
-    async def ingest(audio: bytes, *, agent: str = "agent-1", caller: str = "+12125550123") -> uuid.UUID:
-        sid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
-        fake_twilio.media[sid] = audio
-        fake_twilio.calls[csid] = {
-            "sid": csid,
-            "from": caller,
-            "to": "+16465550199",
-            "direction": "inbound",
-            "start_time": "Mon, 23 Nov 2026 10:00:00 +0000",
-        }
-        form = {
-            "AccountSid": TWILIO_SID,
-            "CallSid": csid,
-            "RecordingSid": sid,
-            "RecordingUrl": fake_twilio.recording_url(sid),
-            "RecordingStatus": "completed",
-        }
-        path = f"/webhooks/twilio/acme?consent=granted&basis=contract&agent={agent}"
-        sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-        assert (await portal.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-        assert await portal.app[worker_key].run_once()
-        async with portal.app[db_key].acquire() as conn:
-            rid: uuid.UUID | None = await conn.fetchval(
-                "SELECT id FROM recordings WHERE provider_recording_id = $1", sid
-            )
-        assert rid is not None
-        return rid
-
-    return ingest
+    """A recording through the real path (twilio_support.ingest_twilio) into this portal's app."""
+    return lambda audio, **kw: ingest_twilio(portal, fake_twilio, audio, **kw)

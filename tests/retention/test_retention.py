@@ -16,17 +16,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from twilio.request_validator import RequestValidator
+from twilio_support import DESK, TWILIO_SID, TWILIO_TOKEN, ingest_twilio
 
 from callrec.app import create_app, worker_key
 from callrec.appkeys import config_key, db_key, store_key
 from callrec.db import audit, tokens
 from callrec.retention.sweeper import sweep
 
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
 ALICE, BOB = "+12125550123", "+12125550777"  # callers (New York)
-DESK = "+16465550199"
 HELD_CALL = "CA" + "1e1d" * 8  # Twilio call SIDs: CA + 32 hex digits
 WITHDRAWN_CALL = "CA" + "3d3d" * 8
 
@@ -68,27 +65,6 @@ async def client(aiohttp_client: Any, app_config: Any) -> Any:
         }
     )
     return await aiohttp_client(create_app(cfg, run_workers=False))
-
-
-async def ingest(
-    client: Any, fake: Any, audio: bytes, *, caller: str, agent: str = "agent-1", call_id: str | None = None
-) -> uuid.UUID:
-    sid, csid = "RE" + uuid.uuid4().hex, call_id or "CA" + uuid.uuid4().hex
-    fake.media[sid] = audio
-    fake.calls[csid] = {"from": caller, "to": DESK, "direction": "inbound"}
-    form = {
-        "AccountSid": TWILIO_SID,
-        "CallSid": csid,
-        "RecordingSid": sid,
-        "RecordingUrl": fake.recording_url(sid),
-        "RecordingStatus": "completed",
-    }
-    path = f"/webhooks/twilio/acme?consent=granted&basis=contract&agent={agent}"
-    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-    assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-    await drain(client)
-    async with client.app[db_key].acquire() as conn:
-        return await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
 
 
 async def drain(client: Any) -> None:
@@ -145,7 +121,9 @@ def audio(audio_fixtures: Path) -> bytes:
 async def test_sweep_destroys_expired_recordings_but_never_held_ones(
     client: Any, fake_twilio: Any, audio: bytes
 ) -> None:
-    kept, gone, held = [await ingest(client, fake_twilio, audio, caller=ALICE) for _ in range(3)]
+    kept, gone, held = [
+        await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE) for _ in range(3)
+    ]
     assert len(files(client)) == 3
     await expire(client, gone, held)
     legal = await bearer(client, "holds:write", "holds:read")
@@ -190,7 +168,7 @@ async def test_sweep_destroys_expired_recordings_but_never_held_ones(
 async def test_concurrent_sweepers_destroy_each_recording_once(
     client: Any, fake_twilio: Any, audio: bytes
 ) -> None:
-    rids = [await ingest(client, fake_twilio, audio, caller=ALICE) for _ in range(6)]
+    rids = [await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE) for _ in range(6)]
     await expire(client, *rids)
     reports = await asyncio.gather(*(run_sweep(client, batch=2) for _ in range(3)))
     assert sum(r.destroyed for r in reports) == 6
@@ -202,7 +180,7 @@ async def test_concurrent_sweepers_destroy_each_recording_once(
 async def test_a_crash_after_the_tombstone_is_finished_by_the_object_job(
     client: Any, fake_twilio: Any, audio: bytes
 ) -> None:
-    rid = await ingest(client, fake_twilio, audio, caller=ALICE)
+    rid = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE)
     await expire(client, rid)
     store = client.app[store_key]
     real, real_batch = store.delete_all_versions, store.delete_objects
@@ -228,9 +206,9 @@ async def test_a_crash_after_the_tombstone_is_finished_by_the_object_job(
 
 
 async def test_hold_scopes_and_preview(client: Any, fake_twilio: Any, audio: bytes) -> None:
-    a1 = await ingest(client, fake_twilio, audio, caller=ALICE, agent="agent-1")
-    a2 = await ingest(client, fake_twilio, audio, caller=ALICE, agent="agent-2")
-    b1 = await ingest(client, fake_twilio, audio, caller=BOB, agent="agent-1")
+    a1 = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE, agent="agent-1")
+    a2 = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE, agent="agent-2")
+    b1 = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=BOB, agent="agent-1")
     legal = await bearer(client, "holds:write", "holds:read")
 
     async def covers(scope: dict[str, Any]) -> int:
@@ -261,7 +239,7 @@ async def test_hold_scopes_and_preview(client: Any, fake_twilio: Any, audio: byt
     assert sorted(detail["recordings"]) == sorted([str(a1), str(a2)])
 
     # A recording ingested later for the same phone is covered too.
-    a3 = await ingest(client, fake_twilio, audio, caller=ALICE)
+    a3 = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE)
     detail = await (await client.get(f"/api/v1/legal-holds/{hold['id']}", headers=legal)).json()
     assert str(a3) in detail["recordings"] and detail["covers"] == 3
     viewer = await bearer(client, "recordings:read")
@@ -320,9 +298,9 @@ async def test_deletion_request_withholds_held_recordings_and_completes_on_relea
     client: Any, fake_twilio: Any, audio: bytes, callbacks: tuple[Callbacks, str]
 ) -> None:
     sink, hook = callbacks
-    first = await ingest(client, fake_twilio, audio, caller=ALICE, call_id=HELD_CALL)
-    second = await ingest(client, fake_twilio, audio, caller=ALICE)
-    bobs = await ingest(client, fake_twilio, audio, caller=BOB)
+    first = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE, call_id=HELD_CALL)
+    second = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE)
+    bobs = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=BOB)
     legal = await bearer(client, "holds:write", "holds:read")
     hold = await (
         await client.post(
@@ -382,7 +360,7 @@ async def test_deletion_request_withholds_held_recordings_and_completes_on_relea
     assert (await state(client, bobs))["state"] == "stored"
 
     # A new recording of the same caller while the request is open: erased as it arrives.
-    late = await ingest(client, fake_twilio, audio, caller=ALICE)
+    late = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE)
     assert (await state(client, late))["state"] == "destroyed"
 
     released = await client.post(
@@ -421,7 +399,7 @@ async def test_deletion_request_withholds_held_recordings_and_completes_on_relea
 
 
 async def test_deletion_request_statuses_and_filters(client: Any, fake_twilio: Any, audio: bytes) -> None:
-    rid = await ingest(client, fake_twilio, audio, caller=BOB)
+    rid = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=BOB)
     dpo = await bearer(client, "deletions:write", "deletions:read")
     unknown = await client.post(
         "/api/v1/deletion-requests", headers=dpo, json={"subject": {"recording_ids": [str(uuid.uuid4())]}}
@@ -484,7 +462,7 @@ async def test_bad_deletion_requests_are_400(client: Any, body: dict[str, Any], 
 
 
 async def test_consent_withdrawal_respects_holds(client: Any, fake_twilio: Any, audio: bytes) -> None:
-    rid = await ingest(client, fake_twilio, audio, caller=ALICE, call_id=WITHDRAWN_CALL)
+    rid = await ingest_twilio(client, fake_twilio, audio, drain=True, caller=ALICE, call_id=WITHDRAWN_CALL)
     legal = await bearer(client, "holds:write")
     await client.post(
         "/api/v1/legal-holds",

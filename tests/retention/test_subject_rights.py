@@ -4,47 +4,24 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from twilio.request_validator import RequestValidator
+from twilio_support import ingest_twilio
 
-from callrec.app import create_app, worker_key
+from callrec.app import create_app
 from callrec.appkeys import db_key
 from callrec.db import tokens
 
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
 ALICE, BOB = "+12125550123", "+12125550777"
 
 
 @pytest.fixture
 async def client(aiohttp_client: Any, config: Any) -> Any:
     return await aiohttp_client(create_app(config, run_workers=False))
-
-
-async def ingest(client: Any, fake: Any, audio: bytes, caller: str) -> uuid.UUID:
-    sid = "RE" + uuid.uuid4().hex
-    csid = "CA" + uuid.uuid4().hex
-    fake.media[sid] = audio
-    fake.calls[csid] = {"from": caller, "to": "+16465550199", "direction": "inbound"}
-    form = {
-        "AccountSid": TWILIO_SID,
-        "CallSid": csid,
-        "RecordingSid": sid,
-        "RecordingUrl": fake.recording_url(sid),
-        "RecordingStatus": "completed",
-    }
-    path = "/webhooks/twilio/acme?consent=granted&basis=contract"
-    sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-    assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
-    assert await client.app[worker_key].run_once()
-    async with client.app[db_key].acquire() as conn:
-        return await conn.fetchval("SELECT id FROM recordings WHERE provider_recording_id = $1", sid)
 
 
 async def bearer(client: Any, *scopes: str) -> dict[str, str]:
@@ -58,9 +35,9 @@ async def test_access_request_zip_has_the_subjects_audio_bit_exact(
 ) -> None:
     one = (audio_fixtures / "call-with-announcement.wav").read_bytes()
     two = (audio_fixtures / "call-without-announcement.wav").read_bytes()
-    first = await ingest(client, fake_twilio, one, ALICE)
-    second = await ingest(client, fake_twilio, two, ALICE)
-    await ingest(client, fake_twilio, one, BOB)
+    first = await ingest_twilio(client, fake_twilio, one, caller=ALICE, agent=None)
+    second = await ingest_twilio(client, fake_twilio, two, caller=ALICE, agent=None)
+    await ingest_twilio(client, fake_twilio, one, caller=BOB, agent=None)
     dpo = await bearer(client, "access:write")
     resp = await client.post("/api/v1/access-requests", headers=dpo, json={"subject": {"phone": ALICE}})
     assert resp.status == 201
@@ -87,8 +64,12 @@ async def test_access_request_zip_has_the_subjects_audio_bit_exact(
 async def test_restricted_recordings_open_only_for_privacy_and_legal(
     client: Any, fake_twilio: Any, audio_fixtures: Path
 ) -> None:
-    rid = await ingest(
-        client, fake_twilio, (audio_fixtures / "call-with-announcement.wav").read_bytes(), ALICE
+    rid = await ingest_twilio(
+        client,
+        fake_twilio,
+        (audio_fixtures / "call-with-announcement.wav").read_bytes(),
+        caller=ALICE,
+        agent=None,
     )
     support = await bearer(client, "recordings:read", "recordings:listen")
     privacy = await bearer(

@@ -33,6 +33,7 @@ from callrec.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from callrec.ingest.media import check_media_url
 from callrec.ingest.tags import TAG_NAMES, parse_tags
 from callrec.providers import plivo, twilio, vonage
+from callrec.providers.base import InvalidEvent
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ async def vonage_recording(request: web.Request) -> web.Response:
         event = vonage.parse_recording_event(body)
     except vonage.NotARecordEvent:
         return web.json_response({"status": "ignored"}, status=200)
-    except vonage.InvalidEvent as exc:
+    except InvalidEvent as exc:
         raise BadRequest(str(exc), code="invalid_callback") from None
     check_media_url(event.media_url, config.ingest.media_hosts)
     payload = remote_payload(
@@ -260,7 +261,7 @@ async def plivo_recording(request: web.Request) -> web.Response:
         raise Forbidden("the X-Plivo-Signature-V3 does not match", code="invalid_signature")
     try:
         event = plivo.parse_record_callback(params)
-    except plivo.InvalidEvent as exc:
+    except InvalidEvent as exc:
         raise BadRequest(str(exc), code="invalid_callback") from None
     check_media_url(event.media_url, config.ingest.media_hosts)
     tags = parse_tags({name: request.query.get(name) for name in TAG_NAMES})

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
+
+
+class InvalidEvent(ValueError):
+    """The webhook is not a usable recording event; the message says which field and why."""
 
 
 @dataclass(frozen=True)
@@ -27,3 +32,20 @@ class RecordingEvent:
     event_at: datetime | None = None
     from_number: str | None = None
     to_number: str | None = None
+
+
+def check_url(value: object, name: str) -> str:
+    """A webhook's media URL: an absolute http(s) URL without credentials, or :class:`InvalidEvent`.
+
+    The media-host allow-list is the caller's business (``[ingest] media_hosts``).
+    """
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise InvalidEvent(f"{name} is missing or not a URL")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        raise InvalidEvent(f"{name} is not a valid URL") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
+        raise InvalidEvent(f"{name} must be an absolute http(s) URL without credentials")
+    return value

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from callrec.providers.base import RecordingEvent
+from callrec.providers.base import InvalidEvent, RecordingEvent, check_url
 
 DEFAULT_API_BASE = "https://api.plivo.com"
 SIGNATURE_HEADER = "X-Plivo-Signature-V3"
@@ -62,10 +62,6 @@ _DECIMAL = re.compile(r"^\d{1,18}(\.\d{1,9})?$")
 # epoch milliseconds between 2000-01-01 and 2100-01-01
 _MIN_EPOCH_MS = 946_684_800_000
 _MAX_EPOCH_MS = 4_102_444_800_000
-
-
-class InvalidEvent(ValueError):
-    """The callback is not a usable record callback; the message says which field and why."""
 
 
 # --- V3 signatures -----------------------------------------------------------------------------
@@ -186,19 +182,6 @@ def _epoch_ms(values: Mapping[str, str], *names: str) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _check_url(value: str | None, name: str) -> str:
-    if not value or len(value) > 2048:
-        raise InvalidEvent(f"{name} is missing or not a URL")
-    try:
-        parts = urlsplit(value)
-        _ = parts.port
-    except ValueError:
-        raise InvalidEvent(f"{name} is not a valid URL") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
-        raise InvalidEvent(f"{name} must be an absolute http(s) URL without credentials")
-    return value
-
-
 def _check_id(value: str | None, name: str) -> str:
     if value is None or not _ID.match(value):
         raise InvalidEvent(f"{name} is missing or malformed")
@@ -220,7 +203,7 @@ def parse_record_callback(params: Iterable[tuple[str, str]] | Mapping[str, str])
     caller's business (``[ingest] media_hosts``).
     """
     values = _single_values(params)
-    media_url = _check_url(_first(values, "RecordUrl", "record_url"), "RecordUrl")
+    media_url = check_url(_first(values, "RecordUrl", "record_url"), "RecordUrl")
     recording_id = _check_id(_first(values, "RecordingID", "recording_id"), "RecordingID")
     call_id = _check_id(_first(values, "CallUUID", "call_uuid"), "CallUUID")
     started = _epoch_ms(values, "RecordingStartMs", "recording_start_ms")

@@ -52,7 +52,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from callrec.providers.base import RecordingEvent
+from callrec.providers.base import InvalidEvent, RecordingEvent, check_url
 
 DEFAULT_API_BASE = "https://api.nexmo.com"
 PROVIDER_RETENTION_DAYS = 30
@@ -75,10 +75,6 @@ class SignatureError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-class InvalidEvent(ValueError):
-    """The webhook body is not a usable ``record`` event; the message says which field and why."""
 
 
 class NotARecordEvent(InvalidEvent):
@@ -250,23 +246,6 @@ def _id_field(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not _ID.match(value):
         raise InvalidEvent(f"{name} is missing or malformed")
-    return value
-
-
-def check_url(value: object, name: str) -> str:
-    """An absolute http(s) URL without credentials, or :class:`InvalidEvent`.
-
-    The media-host allow-list is the caller's business (``[ingest] media_hosts``).
-    """
-    if not isinstance(value, str) or not value or len(value) > 2048:
-        raise InvalidEvent(f"{name} is missing or not a URL")
-    try:
-        parts = urlsplit(value)
-        _ = parts.port
-    except ValueError:
-        raise InvalidEvent(f"{name} is not a valid URL") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
-        raise InvalidEvent(f"{name} must be an absolute http(s) URL without credentials")
     return value
 
 

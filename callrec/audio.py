@@ -47,6 +47,7 @@ __all__ = [
     "AudioToolError",
     "configure_ffmpeg",
     "content_type_for",
+    "ffmpeg_reading",
     "probe_file",
 ]
 
@@ -299,15 +300,17 @@ def _ffmpeg_exe() -> str:
     return exe
 
 
-def _decode_command(path: Path, *, max_duration_ms: int | None, output: str) -> list[str]:
-    """ffmpeg decoding ``path`` to 16-bit PCM WAV at ``output``, hardened as described above."""
-    command = [
+def ffmpeg_reading(path: Path, *, loglevel: str) -> list[str]:
+    """The start of every ffmpeg command that reads a recording: ffmpeg reading ``path``'s first
+    audio stream, hardened as described above (local files only, only the demuxers a recording may
+    use, the name never taken for a protocol or an option). Output options follow."""
+    return [
         _ffmpeg_exe(),
         "-hide_banner",
         "-nostdin",
         "-nostats",
         "-loglevel",
-        "info",
+        loglevel,
         "-protocol_whitelist",
         "file",
         "-format_whitelist",
@@ -317,6 +320,13 @@ def _decode_command(path: Path, *, max_duration_ms: int | None, output: str) -> 
         "file:" + os.fspath(path),
         "-map",
         "0:a:0",
+    ]
+
+
+def _decode_command(path: Path, *, max_duration_ms: int | None, output: str) -> list[str]:
+    """ffmpeg decoding ``path`` to 16-bit PCM WAV at ``output``, hardened as described above."""
+    command = [
+        *ffmpeg_reading(path, loglevel="info"),
         "-map_metadata",
         "-1",
         "-fflags",

@@ -37,10 +37,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import shutil
 import subprocess
 import tempfile
-import warnings
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +47,7 @@ from typing import IO, Final
 import numpy as np
 import numpy.typing as npt
 
-from callrec.audio import DEMUXERS, AudioError, AudioToolError, configure_ffmpeg
-
-with warnings.catch_warnings():  # pydub warns on import when PATH has no ffmpeg; see callrec.audio
-    warnings.simplefilter("ignore", RuntimeWarning)
-    from pydub import AudioSegment
+from callrec.audio import AudioError, AudioToolError, ffmpeg_reading
 
 __all__ = [
     "ANALYSIS_RATE",
@@ -338,31 +332,10 @@ def _pcm16(data: bytes, channels: int) -> Samples:
     return samples
 
 
-def _ffmpeg_exe() -> str:
-    """pydub's ffmpeg if it names an executable (an operator may have set it), else configure one."""
-    exe = shutil.which(AudioSegment.converter) or configure_ffmpeg()
-    if exe is None:
-        raise AudioToolError("no ffmpeg found: install imageio-ffmpeg or put ffmpeg on PATH")
-    return exe
-
-
 def _decode_with_ffmpeg(path: Path, frames: int) -> Samples:
     command = [
-        _ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        "error",
         # The same guards as callrec.audio: local files only, and only the demuxers a recording may use.
-        "-protocol_whitelist",
-        "file",
-        "-format_whitelist",
-        DEMUXERS,
-        "-i",
-        "file:" + os.fspath(path),
-        "-map",
-        "0:a:0",
+        *ffmpeg_reading(path, loglevel="error"),
         "-t",
         f"{frames / ANALYSIS_RATE + 0.1:.3f}",
         "-ar",

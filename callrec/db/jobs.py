@@ -1,10 +1,14 @@
 """The durable job queue in PostgreSQL.
 
 Claiming uses ``FOR UPDATE SKIP LOCKED`` so any number of worker processes share one table
-without blocking each other. A claimed job carries a lease: a worker that dies leaves the job
-``running`` with an expired lease, and the next claim takes it over. Failures retry with
-exponential backoff; after ``max_attempts`` the job is ``dead`` with its last error, until an
-operator retries it. ``pg_notify`` on enqueue wakes idle workers at commit time.
+without blocking each other. A claimed job carries a short lease that its worker renews while the
+job runs (:func:`renew`, the worker's heartbeat): a worker that dies stops renewing and leaves the
+job ``running`` with a lease that soon expires, and the next claim takes it over. Every claim has
+an id of its own (``locked_by``) that renewal, completion, failure, deferral and release match, so
+a claim whose lease ran out can change nothing once another claim holds the job. Failures retry
+with exponential backoff; after ``max_attempts`` the job is ``dead`` with its last error, until an
+operator retries it. A worker shutting down puts back what it cannot finish (:func:`release`)
+without spending the attempt. ``pg_notify`` on enqueue wakes idle workers at commit time.
 """
 
 from __future__ import annotations
@@ -112,6 +116,67 @@ async def claim(conn: Conn, *, worker_id: str, lease: timedelta) -> Job | None:
         lease,
     )
     return _job(row) if row else None
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a heartbeat found, by claim id (``locked_by``)."""
+
+    # Claims whose lease now runs until the database's now() + the lease.
+    renewed: frozenset[str]
+    # Claims whose job another claim holds now (the lease ran out and it was taken over) or that
+    # no longer exists: their work must stop, nothing they do counts any more.
+    lost: frozenset[str]
+
+
+async def renew(conn: Conn, claims: Sequence[tuple[int, str]], *, lease: timedelta) -> Renewal:
+    """Extend the leases of the jobs one worker holds, given as ``(job id, claim id)``, in one
+    statement: the worker's heartbeat.
+
+    A lease is renewed only while the job is ``running`` under the same claim id, even when it
+    has just expired and nobody took the job yet. A claim that is neither renewed nor lost is
+    one whose job its own handler has just completed, failed, deferred or released: it carries
+    that claim id still, but is no longer running."""
+    if not claims:
+        return Renewal(frozenset(), frozenset())
+    rows = await conn.fetch(
+        """WITH mine AS (SELECT * FROM unnest($1::bigint[], $2::text[]) AS m(id, claim)),
+                renewed AS (
+                    UPDATE jobs j SET lease_until = now() + $3
+                    FROM mine m
+                    WHERE j.id = m.id AND j.locked_by = m.claim AND j.state = 'running'
+                    RETURNING j.id, j.locked_by)
+           SELECT m.claim, r.id IS NOT NULL AS renewed, j.locked_by IS DISTINCT FROM m.claim AS lost
+           FROM mine m
+           LEFT JOIN renewed r ON r.id = m.id AND r.locked_by = m.claim
+           LEFT JOIN jobs j ON j.id = m.id""",
+        [job_id for job_id, _ in claims],
+        [claim for _, claim in claims],
+        lease,
+    )
+    return Renewal(
+        renewed=frozenset(r["claim"] for r in rows if r["renewed"]),
+        lost=frozenset(r["claim"] for r in rows if r["lost"]),
+    )
+
+
+async def release(conn: Conn, job: Job, *, worker_id: str) -> bool:
+    """Put a job this claim holds back in the queue, due now, without spending the attempt the
+    claim counted (a worker shutting down gives back what it could not finish: the job did not
+    fail). The lease is cleared so that any worker takes it at once; the notification wakes them.
+    False when the claim no longer holds the job."""
+    released = await conn.fetchval(
+        """UPDATE jobs SET state = 'queued', attempts = GREATEST(attempts - 1, 0), lease_until = NULL,
+                  run_at = now(), updated_at = now()
+           WHERE id = $1 AND locked_by = $2 AND state = 'running'
+           RETURNING id""",
+        job.id,
+        worker_id,
+    )
+    if released is None:
+        return False
+    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return True
 
 
 async def complete(conn: Conn, job_id: int, *, worker_id: str, result: dict[str, Any] | None = None) -> bool:

@@ -79,6 +79,73 @@ async def test_expired_lease_is_taken_over_and_the_old_worker_cannot_complete(db
         assert await jobs.complete(conn, job_id, worker_id="w2")
 
 
+async def test_renewal_extends_the_claims_still_held_and_names_the_lost_ones(db: asyncpg.Pool) -> None:
+    short = timedelta(seconds=30)
+    async with db.acquire() as conn:
+        for key in ("held", "taken", "finished", "expired"):
+            await enqueue(conn, key)
+        claims = {}
+        for key in ("held", "taken", "finished", "expired"):
+            job = await jobs.claim(conn, worker_id=f"w/{key}", lease=short)
+            assert job is not None and job.payload == {"k": key}
+            claims[key] = job
+        # "taken": its lease ran out and another claim took it; "finished": its handler completed
+        # it; "expired": its lease ran out but nobody took it yet, so it is still ours.
+        await conn.execute(
+            "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = ANY($1::bigint[])",
+            [claims["taken"].id, claims["expired"].id],
+        )
+        await conn.execute("UPDATE jobs SET locked_by = 'other/1' WHERE id = $1", claims["taken"].id)
+        assert await jobs.complete(conn, claims["finished"].id, worker_id="w/finished")
+        mine = [(j.id, j.locked_by or "") for j in claims.values()] + [(10**9, "w/gone")]
+
+        renewal = await jobs.renew(conn, mine, lease=timedelta(minutes=2))
+
+        assert renewal.renewed == {"w/held", "w/expired"}
+        assert renewal.lost == {"w/taken", "w/gone"}
+        rows = {
+            r["id"]: r
+            for r in await conn.fetch("SELECT id, lease_until - now() AS left, locked_by, state FROM jobs")
+        }
+        for key in ("held", "expired"):
+            assert timedelta(seconds=90) < rows[claims[key].id]["left"] <= timedelta(minutes=2)
+        assert rows[claims["taken"].id]["left"] < timedelta(0)  # the other claim's lease: untouched
+        assert rows[claims["finished"].id]["state"] == "done"
+        assert await jobs.renew(conn, [], lease=short) == jobs.Renewal(frozenset(), frozenset())
+
+
+async def test_release_gives_the_job_back_without_spending_its_attempt(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    listener = await asyncpg.connect(database_url)
+    woke = asyncio.Event()
+    await listener.add_listener(jobs.NOTIFY_CHANNEL, lambda *_: woke.set())
+    try:
+        async with db.acquire() as conn:
+            job_id = await enqueue(conn, "r", max_attempts=1)
+            for _ in range(3):  # released more often than it may be attempted: never dead for it
+                job = await jobs.claim(conn, worker_id="stopping", lease=LEASE)
+                assert job is not None and job.id == job_id and job.attempts == 1
+                woke.clear()
+                assert await jobs.release(conn, job, worker_id="stopping")
+                await asyncio.wait_for(woke.wait(), 5)  # the other workers are woken
+                row = await conn.fetchrow(
+                    "SELECT state, attempts, lease_until, run_at <= now() AS due FROM jobs WHERE id = $1",
+                    job_id,
+                )
+                assert dict(row) == {"state": "queued", "attempts": 0, "lease_until": None, "due": True}
+            # A claim that no longer holds the job releases nothing.
+            job = await jobs.claim(conn, worker_id="new", lease=LEASE)
+            assert job is not None
+            assert not await jobs.release(conn, job, worker_id="stopping")
+            assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "running"
+            assert await jobs.complete(conn, job_id, worker_id="new")
+            assert not await jobs.release(conn, job, worker_id="new")  # done stays done
+            assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "done"
+    finally:
+        await listener.close()
+
+
 async def test_failures_back_off_then_go_dead_and_can_be_retried(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
         job_id = await enqueue(conn, "y", max_attempts=2)

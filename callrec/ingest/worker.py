@@ -7,7 +7,9 @@ completion in one transaction. For a PBX upload the ciphertext is already stored
 webhook; the worker decrypts it to check the audio and commits the same way.
 
 A failure retries with backoff; audio that cannot be decoded goes straight to ``dead``
-(retrying cannot fix it) and the stored ciphertext, if any, is removed.
+(retrying cannot fix it) and the stored ciphertext, if any, is removed. Only a truncated file
+fetched from a provider is fetched again: a download may have been cut short, while an upload's
+bytes were received whole (and hashed) at the webhook and never change.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ DELETION_OUTCOMES = ("deleted", "withheld_legal_hold", "already_deleted")
 DELETE_PROVIDER_COPY = "provider.delete_copy"
 WORKER_ACTOR = "system:worker"
 IDLE_POLL_S = 5.0
+# The job kinds whose handler fetches media from a provider: only there may a truncated file be
+# a download cut short, worth fetching again.
+REFETCHED_KINDS = frozenset({INGEST_TWILIO, INGEST_VONAGE, INGEST_PLIVO})
 
 
 class PermanentError(Exception):
@@ -177,8 +182,10 @@ class Worker:
             outcome = "lease_lost"
             log.warning("job %s: lease lost to another worker; discarding this attempt", job.id)
         except audio.AudioError as exc:
-            # A truncated file may be a download cut short: fetch it again before giving up.
-            outcome = await self._failed(job, _describe(exc), permanent=exc.code != "truncated")
+            # A truncated download may have been cut short: fetch it again before giving up. An
+            # upload was received whole and hashed at the webhook: its bytes will never change.
+            refetch = exc.code == "truncated" and job.kind in REFETCHED_KINDS
+            outcome = await self._failed(job, _describe(exc), permanent=not refetch)
         except PermanentError as exc:
             outcome = await self._failed(job, _describe(exc), permanent=True)
         except MediaError as exc:

@@ -199,6 +199,24 @@ async def test_non_audio_upload_ends_dead_and_leaves_no_object(client: Any) -> N
     assert not [p for p in storage.rglob("*") if p.is_file()]
 
 
+async def test_a_truncated_upload_is_dead_after_one_attempt(client: Any, audio_fixtures: Path) -> None:
+    """The bytes were received whole and hashed at the webhook: a file that was cut short before it
+    was sent stays cut short, so retrying cannot help (a truncated *download* is fetched again:
+    tests/ingest/test_twilio.py)."""
+    whole = (audio_fixtures / "call-with-announcement.wav").read_bytes()
+    assert (await upload(client, META, whole[: len(whole) // 2])).status == 202
+    assert await client.app[worker_key].run_once()
+    async with client.app[db_key].acquire() as conn:
+        job = await conn.fetchrow("SELECT state, attempts, last_error FROM jobs")
+        assert await conn.fetchval("SELECT count(*) FROM recordings") == 0
+        assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'ingest:failed'") == 1
+    assert (job["state"], job["attempts"]) == ("dead", 1)
+    assert "truncated" in job["last_error"]
+    assert not await client.app[worker_key].run_once()  # nothing left to retry
+    storage = client.app[config_key].storage_path
+    assert not [p for p in storage.rglob("*") if p.is_file()]  # the staged ciphertext is gone
+
+
 async def test_the_shipped_pbx_client_uploads(aiohttp_server: Any, config: Any, audio_fixtures: Path) -> None:
     """infra/pbx/callrec-upload, run as a PBX would, against the real app on 127.0.0.1."""
     import asyncio

@@ -253,19 +253,27 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
         ) as http:
             worker = Worker(app, http)
             app[worker_key] = worker
-            task = asyncio.create_task(worker.run(config.ingest.workers)) if run_workers else None
+            if run_workers:
+                worker.start(config.ingest.workers)
             try:
                 yield
             finally:
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                # The jobs held finish within [ingest] shutdown_grace, counted from stop_claiming;
+                # what is left goes back to the queue, while the pool is still open.
+                await worker.shutdown()
+
+    async def stop_claiming(app: web.Application) -> None:
+        # on_shutdown runs before in-flight requests are waited for and before any cleanup
+        # context closes: the workers stop claiming at once, their grace runs meanwhile.
+        worker = app.get(worker_key)
+        if worker is not None:
+            worker.stop()
 
     # The worker uses the pool and store, so its context must start after theirs.
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(workers)
     app.cleanup_ctx.append(sweeper)
+    app.on_shutdown.append(stop_claiming)
 
     app[chain_key] = ChainStatus()
     setup_portal(app)

@@ -41,12 +41,39 @@ def _tenant(config: Config, name: str | None) -> str:
     return tenant
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
+async def _run_until_signalled(app: web.Application, config: Config, *, listen: bool) -> None:
+    """Run ``app`` (serving HTTP when ``listen``) until SIGTERM or SIGINT, then shut down
+    gracefully: the workers stop claiming at once and the jobs they hold get ``[ingest]
+    shutdown_grace`` to finish, as do requests in flight; jobs still running then go back to the
+    queue without spending an attempt. A second signal ends the grace at once; the jobs are put
+    back all the same. Kubernetes stops pods this way (SIGTERM, then SIGKILL after
+    terminationGracePeriodSeconds)."""
+    from callrec.app import worker_key
+
+    grace = config.ingest.shutdown_grace.total_seconds()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    signalled = asyncio.Event()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+    await runner.setup()  # opens the pool and store and starts the workers
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, signalled.set)
+        if listen:
+            await web.TCPSite(runner, config.server.host, config.server.port).start()
+        await signalled.wait()
+        log.info("shutting down (a second SIGTERM or SIGINT puts unfinished jobs back at once)")
+
+        def hurry() -> None:
+            worker = app.get(worker_key)
+            if worker is not None:
+                worker.hurry()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, hurry)
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -62,22 +89,14 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         config.server.port,
         config.public_base_url,
     )
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None)
+    asyncio.run(_run_until_signalled(app, config, listen=True))
     return 0
 
 
 def cmd_worker(config: Config, args: argparse.Namespace) -> int:
     from callrec.app import create_app
 
-    async def run() -> None:
-        runner = web.AppRunner(create_app(config, run_workers=True))
-        await runner.setup()  # opens the pool and store and starts the workers; no HTTP site
-        try:
-            await _wait_for_signal()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(run())
+    asyncio.run(_run_until_signalled(create_app(config, run_workers=True), config, listen=False))
     return 0
 
 

@@ -95,7 +95,17 @@ class IngestConfig:
     fetch_timeout: timedelta = timedelta(minutes=5)
     max_attempts: int = 8
     retry_base: timedelta = timedelta(seconds=5)
-    lease: timedelta = timedelta(minutes=10)
+    # How long a claim on a job lasts unless renewed: a worker that dies (kill -9, a lost machine)
+    # leaves its jobs to others this long after its last renewal. Kept short because the heartbeat
+    # renews it while the job runs.
+    lease: timedelta = timedelta(seconds=30)
+    # How often a worker renews the leases of the jobs it holds (one statement for all of them);
+    # at most half the lease, so that a failed renewal is retried before the lease runs out.
+    heartbeat: timedelta = timedelta(seconds=10)
+    # On SIGTERM a worker stops claiming and gives the jobs it holds this long to finish, then puts
+    # what is left back in the queue (no attempt spent). 25 s fits Kubernetes' default 30 s
+    # terminationGracePeriodSeconds.
+    shutdown_grace: timedelta = timedelta(seconds=25)
     workers: int = 2
 
 
@@ -385,6 +395,10 @@ def _oidc(key: str, raw: object) -> OidcConfig:
     return replace(oidc, scopes=" ".join(scopes))
 
 
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g}s"
+
+
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:
     top: dict[str, Any] = {}
     for key, value in raw.items():
@@ -414,6 +428,12 @@ def config_from_mapping(raw: Mapping[str, Any]) -> Config:
     keys: KeysConfig = sections["keys"]
     if keys.provider == "aws-kms" and not keys.kms_key_id.startswith("arn:"):
         raise ConfigError('keys.kms_key_id: an AWS KMS key ARN is required when keys.provider = "aws-kms"')
+    ingest: IngestConfig = sections["ingest"]
+    if ingest.heartbeat * 2 > ingest.lease:
+        raise ConfigError(
+            f"ingest.heartbeat: must be at most half of ingest.lease ({_seconds(ingest.lease)}) so that a "
+            f"failed renewal is retried before the lease runs out, got {_seconds(ingest.heartbeat)}"
+        )
     server: ServerConfig = sections["server"]
     if server.public_base_url and not re.match(r"^https?://[^/\s]+(/.*)?$", server.public_base_url):
         raise ConfigError(f"server.public_base_url: expected an http(s) URL, got {server.public_base_url!r}")

@@ -142,6 +142,9 @@ class FakeTwilio:
         self.media_requests = 0
         self.fail_media = 0  # answer this many media requests with 500 first
         self.media_delay = 0.0  # seconds before serving media: a slow provider
+        # When set, media is served only once the event is set: a download that lasts until the
+        # test says so (a worker busy with a job, without timing).
+        self.media_gate: asyncio.Event | None = None
         self.base = ""
 
     def app(self) -> Any:
@@ -160,6 +163,8 @@ class FakeTwilio:
             self.media_requests += 1
             if self.media_delay:
                 await asyncio.sleep(self.media_delay)
+            if self.media_gate is not None:
+                await self.media_gate.wait()
             if self.fail_media > 0:
                 self.fail_media -= 1
                 return web.Response(status=500)

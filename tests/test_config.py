@@ -83,6 +83,19 @@ def test_environment_typo_is_an_error() -> None:
         load_config(None, environ={"CALLREC_SERVER__HOTS": "127.0.0.2"})
 
 
+def test_leases_are_short_and_renewed_well_before_they_run_out() -> None:
+    ingest = load_config(None, environ={}).ingest
+    # A dead worker's jobs are taken over within a minute; a SIGTERM fits Kubernetes' 30 s.
+    assert ingest.lease <= timedelta(minutes=1) and ingest.heartbeat * 3 <= ingest.lease
+    assert ingest.shutdown_grace < timedelta(seconds=30)
+    cfg = load_config(None, environ={"CALLREC_INGEST__LEASE": "2m", "CALLREC_INGEST__SHUTDOWN_GRACE": "50s"})
+    assert (cfg.ingest.lease, cfg.ingest.shutdown_grace) == (timedelta(minutes=2), timedelta(seconds=50))
+    with pytest.raises(ConfigError, match=r"ingest\.heartbeat: must be at most half of ingest\.lease"):
+        config_from_mapping({"ingest": {"lease": "15s"}})  # the 10 s heartbeat would be too slow
+    with pytest.raises(ConfigError, match=r"ingest\.shutdown_grace"):
+        config_from_mapping({"ingest": {"shutdown_grace": "0s"}})
+
+
 def test_example_config_documents_every_key() -> None:
     """config.example.toml parses and mentions every key the loader knows."""
     import tomllib

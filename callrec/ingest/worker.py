@@ -10,6 +10,13 @@ A failure retries with backoff; audio that cannot be decoded goes straight to ``
 (retrying cannot fix it) and the stored ciphertext, if any, is removed. Only a truncated file
 fetched from a provider is fetched again: a download may have been cut short, while an upload's
 bytes were received whole (and hashed) at the webhook and never change.
+
+Each job runs under a short lease that one heartbeat per worker renews for all the jobs it holds
+(``[ingest] lease`` and ``heartbeat``). A worker that dies leaves its jobs to the others within a
+lease; a worker that finds a job no longer its own (its lease ran out and another claim took it,
+or the database stayed unreachable until the lease ran out) cancels that job's handler. On
+SIGTERM a worker stops claiming, lets its jobs finish within ``[ingest] shutdown_grace`` and puts
+the rest back in the queue without spending their attempt.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,9 +76,17 @@ DELETION_OUTCOMES = ("deleted", "withheld_legal_hold", "already_deleted")
 DELETE_PROVIDER_COPY = "provider.delete_copy"
 WORKER_ACTOR = "system:worker"
 IDLE_POLL_S = 5.0
+# After a failed lease renewal the heartbeat tries again this soon (until the lease runs out).
+HEARTBEAT_RETRY_S = 1.0
+# The least time a renewal is given, even when a lease is about to run out.
+RENEWAL_MIN_WAIT_S = 0.5
+# How long putting a job back at shutdown may take; past it the job's lease runs out by itself.
+RELEASE_TIMEOUT_S = 5.0
 # The job kinds whose handler fetches media from a provider: only there may a truncated file be
 # a download cut short, worth fetching again.
 REFETCHED_KINDS = frozenset({INGEST_TWILIO, INGEST_VONAGE, INGEST_PLIVO})
+
+Handler = Callable[[jobs.Job, TenantConfig], Coroutine[Any, Any, None]]
 
 
 class PermanentError(Exception):
@@ -80,6 +95,27 @@ class PermanentError(Exception):
 
 class LeaseLost(Exception):
     """Another worker took the job over (our lease expired); our work is discarded."""
+
+
+class _Released(Exception):
+    """The shutdown's grace ran out before the job finished: it goes back to the queue."""
+
+
+@dataclass(eq=False)
+class _Held:
+    """A job this worker runs: its handler's task, and when its lease runs out (on the
+    ``time.monotonic`` clock) unless the heartbeat renews it."""
+
+    job: jobs.Job
+    task: asyncio.Task[None]
+    expires: float
+    # Why this worker cancelled the handler: "lost" (the lease) or "released" (shutdown).
+    ending: str | None = None
+
+    def end(self, why: str) -> None:
+        if self.ending is None and not self.task.done():
+            self.ending = why
+            self.task.cancel()
 
 
 def _worker_id() -> str:
@@ -101,7 +137,12 @@ class Worker:
         self.id = _worker_id()
         self._claims = itertools.count(1)
         self._wake = asyncio.Event()
-        self._handlers: dict[str, Callable[[jobs.Job, TenantConfig], Awaitable[None]]] = {
+        self._held: dict[str, _Held] = {}  # by claim id
+        self._stopping = False
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._stop_deadline = 0.0  # loop time at which the shutdown's grace runs out
+        self._task: asyncio.Task[None] | None = None
+        self._handlers: dict[str, Handler] = {
             INGEST_TWILIO: self._ingest_remote,
             INGEST_VONAGE: self._ingest_remote,
             INGEST_PLIVO: self._ingest_remote,
@@ -117,22 +158,39 @@ class Worker:
 
     # --- the loop -------------------------------------------------------------------------
 
+    def register(self, kind: str, handler: Handler) -> None:
+        """Run ``handler`` for the jobs of ``kind``."""
+        self._handlers[kind] = handler
+
+    def start(self, concurrency: int) -> None:
+        """Run :meth:`run` in the background until :meth:`shutdown`."""
+        self._task = asyncio.create_task(self.run(concurrency))
+
     async def run(self, concurrency: int) -> None:
-        """Run until cancelled: LISTEN for new jobs, and poll for retries and expired leases."""
+        """Claim and process jobs, ``concurrency`` at a time, until :meth:`stop`: LISTEN for new
+        jobs, poll for retries and expired leases, and renew the leases of the jobs held (the
+        heartbeat). Returns once stopped and every job held has finished or been put back."""
 
         def wake(*_: object) -> None:
             self._wake.set()
 
-        async with self.pool.acquire() as listener:
-            await listener.add_listener(jobs.NOTIFY_CHANNEL, wake)
-            try:
-                await asyncio.gather(*(self._loop() for _ in range(concurrency)))
-            finally:
-                with contextlib.suppress(Exception):
-                    await listener.remove_listener(jobs.NOTIFY_CHANNEL, wake)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            async with self.pool.acquire() as listener:
+                await listener.add_listener(jobs.NOTIFY_CHANNEL, wake)
+                try:
+                    await asyncio.gather(*(self._loop() for _ in range(concurrency)))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await listener.remove_listener(jobs.NOTIFY_CHANNEL, wake)
+        finally:
+            # Only now: the jobs that ran through the shutdown's grace needed their leases renewed.
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             # Cleared before the claim, not after: a notification that arrives while we claim
             # must wake the wait below, or its job would sit until the idle poll.
             self._wake.clear()
@@ -141,10 +199,58 @@ class Worker:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 log.warning("job queue unreachable; retrying shortly", exc_info=True)
                 worked = False
-            if worked:
+            if worked or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+
+    def stop(self) -> None:
+        """Stop claiming at once (SIGTERM). The jobs held may finish within ``[ingest]
+        shutdown_grace``; then :meth:`hurry` puts back what is still running."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()  # idle loops see that they are done
+        grace = self.config.ingest.shutdown_grace.total_seconds()
+        loop = asyncio.get_running_loop()
+        self._stop_deadline = loop.time() + grace
+        self._grace_timer = loop.call_later(grace, self.hurry)
+        if self._task is not None:
+            log.info(
+                "worker stopping: no longer claiming; %d job(s) running get %gs to finish",
+                len(self._held),
+                grace,
+            )
+
+    def hurry(self) -> None:
+        """End the shutdown's grace now (when it runs out, or on a second signal): cancel the
+        handlers still running; their loops put each job back in the queue (see :meth:`process`)."""
+        self.stop()
+        if self._held:
+            log.warning("worker stopping: putting %d unfinished job(s) back in the queue", len(self._held))
+        for held in list(self._held.values()):
+            held.end("released")
+
+    async def shutdown(self) -> None:
+        """:meth:`stop`, then wait for the jobs held to finish or be put back."""
+        self.stop()
+        if self._task is not None:
+            loop = asyncio.get_running_loop()
+            # The grace, then time to put the jobs back; past that something is stuck.
+            wait = max(self._stop_deadline - loop.time(), 0) + RELEASE_TIMEOUT_S + 1
+            done, _ = await asyncio.wait({self._task}, timeout=wait)
+            if not done:
+                log.error("worker did not stop within its grace; cancelling it")
+                self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                if (current := asyncio.current_task()) is not None and current.cancelling():
+                    raise  # shutdown() itself was cancelled
+            except Exception:
+                log.exception("the worker had stopped on an error")
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
 
     async def claim(self) -> jobs.Job | None:
         """Take a job under an id of its own (this worker's id and a claim number): the loops of
@@ -160,6 +266,9 @@ class Worker:
         job = await self.claim()
         if job is None:
             return False
+        if self._stopping:  # the shutdown began while we claimed: give the job back untouched
+            await self._release(job)
+            return True
         await self.process(job)
         return True
 
@@ -169,6 +278,8 @@ class Worker:
         started = time.perf_counter()
         outcome = "done"
         try:
+            # Every attempt counted by a claim ended without an outcome: the worker died (or lost
+            # its lease) each time. A shutdown's release and a deferral give their attempt back.
             if job.attempts > job.max_attempts:
                 raise PermanentError("the job's worker stopped (lease expired) on every attempt")
             tenant = self.config.tenant(job.tenant)
@@ -177,10 +288,12 @@ class Worker:
             handler = self._handlers.get(job.kind)
             if handler is None:
                 raise PermanentError(f"unknown job kind {job.kind!r}")
-            await handler(job, tenant)
+            await self._hold(job, handler(job, tenant))
         except LeaseLost:
             outcome = "lease_lost"
             log.warning("job %s: lease lost to another worker; discarding this attempt", job.id)
+        except _Released:
+            outcome = await self._release(job)
         except audio.AudioError as exc:
             # A truncated download may have been cut short: fetch it again before giving up. An
             # upload was received whole and hashed at the webhook: its bytes will never change.
@@ -198,6 +311,98 @@ class Worker:
         finally:
             metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
         metrics.jobs_finished.labels(job.kind, outcome).inc()
+
+    async def _hold(self, job: jobs.Job, work: Coroutine[Any, Any, None]) -> None:
+        """Run a job's handler as a task of its own while the heartbeat renews its lease. Raises
+        :class:`LeaseLost` when the heartbeat cancelled it (the job is no longer ours) and
+        :class:`_Released` when the shutdown did (its grace ran out)."""
+        claim = _holder(job)
+        lease = self.config.ingest.lease.total_seconds()
+        held = _Held(job, asyncio.create_task(work), time.monotonic() + lease)
+        self._held[claim] = held
+        try:
+            await held.task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if held.ending is None or (current is not None and current.cancelling()):
+                raise  # cancelled from outside (the app is going away), not by this worker
+            if held.ending == "lost":
+                raise LeaseLost from None
+            raise _Released from None
+        finally:
+            del self._held[claim]
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the jobs held every ``[ingest] heartbeat``; after a failed
+        renewal try again within a second (each try stops what has run out meanwhile)."""
+        interval = self.config.ingest.heartbeat.total_seconds()
+        pause = interval
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                renewed = await self.renew_leases()
+            except Exception:  # a bug must not stop the heartbeat: every lease would run out
+                log.exception("lease renewal failed")
+                renewed = False
+            pause = interval if renewed else min(interval, HEARTBEAT_RETRY_S)
+
+    async def renew_leases(self) -> bool:
+        """One heartbeat: renew the leases of every job held, in one statement. A job another
+        claim holds now has its handler cancelled (LeaseLost). When the database cannot be
+        reached, a job whose lease has run out meanwhile has its handler cancelled too, since
+        another worker may take it over; False then, and the caller tries again soon."""
+        held = [h for h in self._held.values() if h.ending is None]
+        if not held:
+            return True
+        lease = self.config.ingest.lease
+        sent = time.monotonic()
+        # Wait no longer than the first lease has left: that is when its handler must stop.
+        wait = min(
+            self.config.ingest.heartbeat.total_seconds(),
+            max(min(h.expires for h in held) - sent, RENEWAL_MIN_WAIT_S),
+        )
+        try:
+            async with asyncio.timeout(wait), self.pool.acquire() as conn:
+                renewal = await jobs.renew(conn, [(h.job.id, _holder(h.job)) for h in held], lease=lease)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            now = time.monotonic()
+            expired = [h for h in held if h.expires <= now]
+            log.warning(
+                "lease renewal failed (%s); %d job(s) held, %d past their lease",
+                exc.__class__.__name__,
+                len(held),
+                len(expired),
+            )
+            for h in expired:
+                log.warning("job %s: its lease ran out unrenewed; stopping its work", h.job.id)
+                h.end("lost")
+            return False
+        for h in held:
+            claim = _holder(h.job)
+            if claim in renewal.renewed:
+                h.expires = sent + lease.total_seconds()
+            elif claim in renewal.lost:
+                log.warning("job %s: another claim holds it now; stopping its work", h.job.id)
+                h.end("lost")
+        return True
+
+    async def _release(self, job: jobs.Job) -> str:
+        """Put a job back in the queue at shutdown, its attempt not spent; returns the outcome."""
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S), self.pool.acquire() as conn:
+                released = await jobs.release(conn, job, worker_id=_holder(job))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            log.warning(
+                "job %s: could not be put back (database unreachable); it is taken over when its "
+                "lease runs out",
+                job.id,
+                exc_info=True,
+            )
+            return "release_failed"
+        if not released:  # finished just before the grace ran out, or taken over
+            return "lease_lost"
+        log.info("job %s put back in the queue for another worker", job.id)
+        return "released"
 
     async def _failed(self, job: jobs.Job, error: str, *, permanent: bool) -> str:
         """Record the failure; returns "retry", "dead" or "lease_lost" (nothing recorded)."""

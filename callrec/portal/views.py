@@ -243,29 +243,29 @@ async def recordings_page(request: web.Request) -> web.Response:
         expired = sealed is None
         if expired:
             errors.append("This search has expired (or was made in another session). Filter again.")
-        f = sealed or {}
+        given = sealed or {}
     else:
-        f = {name: q[name] for name in search.URL_FIELDS if name in q}
+        given = {name: q[name] for name in search.URL_FIELDS if name in q}
     phone_hash = None
     try:
-        stored_from = _time(f.get("from", ""), "From")
-        stored_to = _time(f.get("to", ""), "To")
+        stored_from = _time(given.get("from", ""), "From")
+        stored_to = _time(given.get("to", ""), "To")
     except BadRequest as exc:
         errors.append(exc.message)
         stored_from = stored_to = None
     async with request.app[db_key].acquire() as conn:
-        if f.get("phone"):
+        if given.get("phone"):
             try:
                 phone_hash = await request.app[keys_key].phone_hash(
-                    conn, user.tenant, normalise_e164(f["phone"], field="Phone number")
+                    conn, user.tenant, normalise_e164(given["phone"], field="Phone number")
                 )
             except BadRequest as exc:
                 errors.append(exc.message)
-        expiring = f.get("expiring_days", "")
+        expiring = given.get("expiring_days", "")
         performance = roles.can(user.role, roles.AGENT_FILTER)
         durations: dict[str, int | None] = {}
         for name, label in (("min_minutes", "Longer than"), ("max_minutes", "Shorter than")):
-            raw = f.get(name, "").strip() if performance else ""
+            raw = given.get(name, "").strip() if performance else ""
             if raw and not (raw.isdigit() and int(raw) <= 24 * 60):
                 errors.append(f"{label} takes whole minutes (0 to 1440).")
                 raw = ""
@@ -275,12 +275,12 @@ async def recordings_page(request: web.Request) -> web.Response:
             stored_to=stored_to,
             phone_hash=phone_hash,
             # Agents' performance filters are for supervisors (and privacy, legal), not support.
-            agent=(f.get("agent") or None) if roles.can(user.role, roles.AGENT_FILTER) else None,
+            agent=(given.get("agent") or None) if roles.can(user.role, roles.AGENT_FILTER) else None,
             states=roles.visible_states(user.role),
             include_restricted=roles.can(user.role, roles.OPEN_RESTRICTED),
-            consent_status=f.get("consent") or None,
-            announcement_verified={"yes": True, "no": False}.get(f.get("verified", "")),
-            held={"yes": True, "no": False}.get(f.get("held", "")),
+            consent_status=given.get("consent") or None,
+            announcement_verified={"yes": True, "no": False}.get(given.get("verified", "")),
+            held={"yes": True, "no": False}.get(given.get("held", "")),
             expires_before=(datetime.now(UTC) + timedelta(days=int(expiring)))
             if expiring.isdigit()
             else None,
@@ -298,7 +298,7 @@ async def recordings_page(request: web.Request) -> web.Response:
                 errors.append("The page link is not valid; showing the first page.")
         # A search that cannot be read, or a phone number that is not one, shows nothing rather than
         # everything: the filter the person asked for must not silently fall away.
-        unusable = expired or bool(f.get("phone") and phone_hash is None)
+        unusable = expired or bool(given.get("phone") and phone_hash is None)
         rows = (
             []
             if unusable
@@ -319,13 +319,13 @@ async def recordings_page(request: web.Request) -> web.Response:
                     "recording_ids": [str(r.id) for r in shown],
                     "via": "portal",
                     # The filters' names only: a value may be a phone number.
-                    "filters": sorted(k for k, v in f.items() if v),
+                    "filters": sorted(k for k, v in given.items() if v),
                 },
             )
     next_url = None
     if len(rows) > PAGE:
         # The next page keeps the search token, or the address's own filters (none of them personal).
-        kept = {"search": q["search"]} if "search" in q else {k: v for k, v in f.items() if v}
+        kept = {"search": q["search"]} if "search" in q else {k: v for k, v in given.items() if v}
         last = shown[-1]
         next_url = "/portal/?" + urlencode({**kept, "after": f"{last.stored_at.isoformat()}_{last.id}"})
     return aiohttp_jinja2.render_template(
@@ -335,7 +335,7 @@ async def recordings_page(request: web.Request) -> web.Response:
             request,
             items=shown,
             on_hold=on_hold,
-            f=f,
+            given=given,
             errors=errors,
             next_url=next_url,
             now=datetime.now(UTC),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus, urlencode, urlsplit
+from urllib.parse import unquote_plus, urlencode, urljoin, urlsplit
 
 import phonenumbers
 import pytest
@@ -174,16 +174,17 @@ async def crawl(b: Any, role: str) -> Crawl:
 
     async def take(where: str, resp: Any) -> None:
         """Note a response's addresses; queue what it links to; submit its phone forms."""
+        base = where.removeprefix("POST ")
         if "Location" in resp.headers:
             result.saw(f"{where} Location", resp.headers["Location"])
-            queue.appendleft(resp.headers["Location"])
+            queue.appendleft(urljoin(base, resp.headers["Location"]))
         if not resp.content_type == "text/html":
             return
         page = Page()
         page.feed(await resp.text())
         for address in page.addresses:
             result.saw(where, address)
-        queue.extend(page.links)
+        queue.extend(urljoin(base, link) for link in page.links)
         for form in page.forms:
             if form.phone_fields and (form.method, form.action) not in submitted:
                 submitted.add((form.method, form.action))

@@ -286,6 +286,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.router.add_post("/webhooks/plivo/{tenant}", webhooks.plivo_recording)
     app.router.add_get("/api/v1/openapi.json", api_openapi.openapi_json)
     app.router.add_get("/api/v1/recordings", api_recordings.list_recordings)
+    app.router.add_post("/api/v1/recordings/search", api_recordings.search_recordings)
     app.router.add_get("/api/v1/recordings/{id}", api_recordings.get_recording)
     app.router.add_get("/api/v1/recordings/{id}/audio", api_recordings.get_audio)
     app.router.add_post("/api/v1/recordings/{id}/approve", api_recordings.approve_quarantined)

@@ -19,6 +19,9 @@ from callrec.api.auth import SCOPES
 
 SECURITY_SCHEME: Final = "bearerAuth"
 MAX_PAGE: Final = 200  # callrec.api.recordings.MAX_PAGE
+MAX_SEARCH_BYTES: Final = 8 * 1024  # callrec.api.recordings.MAX_SEARCH_BYTES
+MAX_CALL_ID: Final = 128  # callrec.api.recordings.MAX_CALL_ID
+MAX_AGENT: Final = 64  # callrec.api.recordings.MAX_AGENT
 MAX_SCOPE_ITEMS: Final = 10_000  # callrec.api.holds.MAX_SCOPE_ITEMS
 MAX_RECORDING_IDS: Final = 1000  # callrec.api.deletions.MAX_RECORDING_IDS
 
@@ -171,6 +174,31 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 {"type": "string", "description": "pass as `cursor` for the next page; null on the last"}
             ),
         }
+    ),
+    "RecordingSearch": _object(
+        {
+            "call_id": {"type": "string", "minLength": 1, "maxLength": MAX_CALL_ID},
+            "from": {**TIME, "description": "stored at or after (ISO 8601 with a UTC offset)"},
+            "to": {**TIME, "description": "stored before (ISO 8601 with a UTC offset)"},
+            "phone": {**E164, "description": "either party's number, matched through its keyed hash"},
+            "agent": {"type": "string", "minLength": 1, "maxLength": MAX_AGENT},
+            "state": {
+                "type": "string",
+                "enum": RECORDING_STATES,
+                "default": "stored",
+                "description": "quarantined needs the quarantine:review scope as well",
+            },
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
+            "cursor": {
+                "type": "string",
+                "minLength": 1,
+                "description": "`next_cursor` of the previous page, sent with the same filters",
+            },
+        },
+        required=[],
+        additionalProperties=False,
+        description="The list's filters, `phone` among them; every filter given must match. "
+        "Unknown keys and values of the wrong type are a 400 `invalid_body`.",
     ),
     "Reason": _object(
         {"reason": {**TEXT, "minLength": 1, "maxLength": 500}},
@@ -456,7 +484,7 @@ _ERRORS: Final = {
     "403": ("Forbidden", "The token lacks the operation's scope (insufficient_scope)."),
     "404": ("NotFound", "No such resource for the token's tenant (not_found)."),
     "409": ("Conflict", "The resource is not in a state that allows this (conflict, legal_hold, ...)."),
-    "413": ("PayloadTooLarge", "The body is over 1 MiB."),
+    "413": ("PayloadTooLarge", "The body is over 1 MiB (over 8 KiB for a search)."),
     "416": ("RangeNotSatisfiable", "The Range is outside the recording."),
     "422": ("UnprocessableEntity", "The Idempotency-Key was used for a different request."),
     "503": ("Unavailable", "A backing service is unavailable; nothing was accepted, retry later."),
@@ -543,12 +571,13 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
             scope="recordings:read",
             description="Keyset-paginated. Each page is an audit entry naming the recordings shown. "
             "Unknown query parameters are a 400. Restricted recordings are listed only for tokens with "
-            "restricted:read.",
+            "restricted:read. A `phone` parameter is refused with 400 `personal_data_in_url`: proxies, "
+            "load balancers and ingress controllers log URLs, so a search by phone number goes to "
+            "`POST /api/v1/recordings/search`, which takes the filters in its body.",
             parameters=[
                 _query("call_id", {"type": "string"}, "the provider's call id"),
                 _query("from", TIME, "stored at or after (ISO 8601 with a UTC offset)"),
                 _query("to", TIME, "stored before (ISO 8601 with a UTC offset)"),
-                _query("phone", E164, "either party's number, matched through its keyed hash"),
                 _query("agent", {"type": "string"}, "the agent id"),
                 _query(
                     "state",
@@ -564,6 +593,21 @@ PATHS: Final[dict[str, dict[str, Any]]] = {
             ],
             ok=_ok("A page of recordings.", "RecordingList"),
             errors=(400,),
+        )
+    },
+    "/api/v1/recordings/search": {
+        "post": _op(
+            "searchRecordings",
+            "recordings",
+            "Search recordings (by phone number among the list's filters), newest first",
+            scope="recordings:read",
+            description="The list's filters as a JSON body, so that no phone number travels in a URL. "
+            "Answers exactly as `GET /api/v1/recordings` does (the same page, scopes and audit entry; "
+            "the audit entry names the filters given, never their values). For the next page, send the "
+            "same filters with `cursor` set to `next_cursor`. A body over 8 KiB is a 413.",
+            body="RecordingSearch",
+            ok=_ok("A page of recordings.", "RecordingList"),
+            errors=(400, 413),
         )
     },
     "/api/v1/recordings/{id}": {

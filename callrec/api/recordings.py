@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +14,7 @@ from aiohttp import web
 
 from callrec import rights
 from callrec.api.auth import InsufficientScope, actor, authenticate
-from callrec.api.body import json_object, parse_time, required_str
+from callrec.api.body import clean_text, json_object, parse_time, required_str
 from callrec.appkeys import config_key, db_key, keys_key
 from callrec.consent import quarantine
 from callrec.db import Conn, audit, holds, recordings
@@ -89,11 +91,6 @@ def _decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
         raise BadRequest("the cursor is not one this API returned", code="invalid_cursor") from None
 
 
-def _time_param(request: web.Request, name: str) -> datetime | None:
-    value = request.query.get(name)
-    return None if value is None else parse_time(value, name)
-
-
 STATES = ("stored", "quarantined", "rejected", "destroyed")
 
 
@@ -121,45 +118,63 @@ def _recording_id(request: web.Request) -> uuid.UUID:
         raise NotFound("no such recording") from None
 
 
-async def list_recordings(request: web.Request) -> web.Response:
-    token = await authenticate(request, "recordings:read")
-    known = {"call_id", "from", "to", "phone", "agent", "state", "limit", "cursor"}
-    unknown = sorted(set(request.query) - known)
-    if unknown:
-        raise BadRequest(f"unknown query parameters: {', '.join(unknown)}", code="invalid_parameter")
-    limit_raw = request.query.get("limit", "50")
-    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_PAGE:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
-    limit = int(limit_raw)
-    after = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
-    state = request.query.get("state", "stored")
+# Filters that are not personal data: the list takes them in its query string. A phone number is
+# personal data, and a URL is written to the access logs of every proxy, load balancer and ingress
+# controller it passes (DESIGN rule 3), so it travels only in the search's body.
+URL_FILTERS = frozenset({"call_id", "from", "to", "agent", "state"})
+PERSONAL_FILTERS = frozenset({"phone"})
+PAGING = frozenset({"limit", "cursor"})
+SEARCH_KEYS = URL_FILTERS | PERSONAL_FILTERS | PAGING
+MAX_SEARCH_BYTES = 8 * 1024
+MAX_CALL_ID = 128
+MAX_AGENT = 64
+SEARCH_PATH = "/api/v1/recordings/search"
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    """What a page of the list asks for, from the query string or the search's body."""
+
+    filters: dict[str, str]  # the filters given, by name, each a string as sent
+    limit: int = 50
+    cursor: str | None = None
+
+
+async def _page(request: web.Request, token: ApiToken, wanted: ListRequest) -> web.Response:
+    """One page of recordings, newest first, and its audit entry: the list and the search share it."""
+    raw = wanted.filters
+    after = _decode_cursor(wanted.cursor) if wanted.cursor is not None else None
+    state = raw.get("state", "stored")
     if state not in STATES:
         raise BadRequest(f"state must be one of {', '.join(STATES)}", code="invalid_parameter")
     if state not in visible_states(token):
         raise InsufficientScope("quarantined recordings are visible to the quarantine:review scope only")
+    stored_from = parse_time(raw["from"], "from") if "from" in raw else None
+    stored_to = parse_time(raw["to"], "to") if "to" in raw else None
     async with request.app[db_key].acquire() as conn:
         phone_hash = None
-        if "phone" in request.query:
-            e164 = normalise_e164(request.query["phone"], field="phone")
+        if "phone" in raw:
+            e164 = normalise_e164(raw["phone"], field="phone")
             phone_hash = await request.app[keys_key].phone_hash(conn, token.tenant, e164)
         filters = recordings.RecordingFilter(
-            call_id=request.query.get("call_id"),
-            stored_from=_time_param(request, "from"),
-            stored_to=_time_param(request, "to"),
+            call_id=raw.get("call_id"),
+            stored_from=stored_from,
+            stored_to=stored_to,
             phone_hash=phone_hash,
-            agent=request.query.get("agent"),
+            agent=raw.get("agent"),
             states=(state,),
             include_restricted="restricted:read" in token.scopes,
         )
         async with conn.transaction():
             rows = await recordings.page(
-                conn, tenant=token.tenant, filters=filters, after=after, limit=limit + 1
+                conn, tenant=token.tenant, filters=filters, after=after, limit=wanted.limit + 1
             )
-            shown = rows[:limit]
+            shown = rows[: wanted.limit]
             on_hold = await holds.active_for_recordings(
                 conn, tenant=token.tenant, recording_ids=[r.id for r in shown]
             )
-            # Listing is a look at metadata: one entry per page, naming what was shown.
+            # Listing is a look at metadata: one entry per page, naming what was shown. The filters
+            # are named, never their values (a phone number must not reach the audit log).
             await audit.record(
                 conn,
                 tenant=token.tenant,
@@ -168,15 +183,99 @@ async def list_recordings(request: web.Request) -> web.Response:
                 details={
                     "count": len(shown),
                     "recording_ids": [str(r.id) for r in shown],
-                    "filters": sorted(k for k in request.query if k not in ("limit", "cursor")),
+                    "filters": sorted(raw),
                 },
             )
     return web.json_response(
         {
             "items": [recording_json(r, holds_on=on_hold.get(r.id)) for r in shown],
-            "next_cursor": _encode_cursor(shown[-1]) if len(rows) > limit else None,
+            # The cursor is the last row's (stored_at, id): never a filter, so never a phone number.
+            "next_cursor": _encode_cursor(shown[-1]) if len(rows) > wanted.limit else None,
         }
     )
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    """``GET /api/v1/recordings``: the filters that are not personal, in the query string."""
+    token = await authenticate(request, "recordings:read")
+    personal = sorted(set(request.query) & PERSONAL_FILTERS)
+    if personal:
+        raise BadRequest(
+            f"{', '.join(personal)} is personal data and must not travel in a URL (proxies and load "
+            f"balancers log URLs): send the filters as a JSON body to POST {SEARCH_PATH}",
+            code="personal_data_in_url",
+        )
+    unknown = sorted(set(request.query) - URL_FILTERS - PAGING)
+    if unknown:
+        raise BadRequest(f"unknown query parameters: {', '.join(unknown)}", code="invalid_parameter")
+    limit_raw = request.query.get("limit", "50")
+    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_PAGE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    wanted = ListRequest(
+        filters={k: v for k, v in request.query.items() if k in URL_FILTERS},
+        limit=int(limit_raw),
+        cursor=request.query.get("cursor"),
+    )
+    return await _page(request, token, wanted)
+
+
+async def _search_body(request: web.Request) -> dict[str, Any]:
+    """The search's JSON object, read up to MAX_SEARCH_BYTES whatever the Content-Length says."""
+    too_large = BadRequest(
+        f"the body is over {MAX_SEARCH_BYTES // 1024} KiB", code="payload_too_large", status=413
+    )
+    if request.content_length is not None and request.content_length > MAX_SEARCH_BYTES:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(4096):
+        raw += chunk
+        if len(raw) > MAX_SEARCH_BYTES:
+            raise too_large
+    try:
+        body = json.loads(raw)
+    # UnicodeDecodeError is a ValueError; 8 KiB of "[" nests deeper than the decoder recurses.
+    except (ValueError, RecursionError):
+        raise BadRequest("the body must be a JSON object", code="invalid_body") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_body")
+    return body
+
+
+def _search_request(body: dict[str, Any]) -> ListRequest:
+    unknown = sorted(set(body) - SEARCH_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown keys: {', '.join(unknown)}", code="invalid_body")
+    limit = body.get("limit", 50)
+    # bool is an int to Python, not to JSON.
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}", code="invalid_body")
+    strings: dict[str, str] = {}
+    for name, value in body.items():
+        if name == "limit":
+            continue
+        # Messages name the key, never the value: the value may be a phone number.
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"{name} must be a non-empty string", code="invalid_body")
+        if not clean_text(value):
+            raise BadRequest(
+                f"{name} holds characters that are not allowed (NUL or invalid UTF-8)",
+                code="invalid_characters",
+            )
+        strings[name] = value
+    for name, longest in (("call_id", MAX_CALL_ID), ("agent", MAX_AGENT)):
+        if len(strings.get(name, "")) > longest:
+            raise BadRequest(f"{name} is at most {longest} characters", code="invalid_body")
+    cursor = strings.pop("cursor", None)
+    return ListRequest(filters=strings, limit=limit, cursor=cursor)
+
+
+async def search_recordings(request: web.Request) -> web.Response:
+    """``POST /api/v1/recordings/search``: the list's filters, ``phone`` among them, as a JSON body, so
+    that no phone number travels in a URL. It answers exactly as the list does; the next page is the
+    same body with ``cursor`` set to the previous page's ``next_cursor``."""
+    token = await authenticate(request, "recordings:read")
+    wanted = _search_request(await _search_body(request))
+    return await _page(request, token, wanted)
 
 
 async def get_recording(request: web.Request) -> web.Response:

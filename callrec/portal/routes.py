@@ -31,6 +31,7 @@ def setup_portal(app: web.Application) -> None:
     app.router.add_post("/portal/logout", views.logout)
     sso.add_routes(app)
     app.router.add_get("/portal/", views.recordings_page)
+    app.router.add_post("/portal/search", views.recordings_search)
     app.router.add_get("/portal", _to_portal)
     app.router.add_get("/portal/recordings/{id}", views.recording_page)
     app.router.add_post("/portal/recordings/{id}/reason", views.give_reason)

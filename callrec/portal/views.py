@@ -11,6 +11,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 import segno
@@ -24,7 +25,7 @@ from callrec.db.recordings import RecordingFilter
 from callrec.errors import BadRequest
 from callrec.ingest.webhooks import normalise_e164
 from callrec.playback import serve_audio
-from callrec.portal import accounts, roles, sessions
+from callrec.portal import accounts, roles, search, sessions
 from callrec.portal.sessions import redirect, session_key
 
 LOGIN_FAILED = "The e-mail address or password is wrong, or the account is locked for a while."
@@ -213,32 +214,58 @@ def _time(value: str, name: str) -> datetime | None:
     return parse_time(value, name, default_utc=True) if value else None
 
 
+async def recordings_search(request: web.Request) -> web.Response:
+    """The filter form posts here; the answer is a 303 to a result page whose address holds an opaque,
+    session-bound, short-lived token instead of the filters (``callrec.portal.search`` says why)."""
+    roles.require(request[session_key].user.role, roles.LIST_RECORDINGS)
+    filters = search.from_form(await request.post())
+    if not filters:
+        return redirect("/portal/")
+    token = search.seal(request.cookies.get(sessions.COOKIE, ""), filters)
+    return redirect("/portal/?" + urlencode({"search": token}))
+
+
 async def recordings_page(request: web.Request) -> web.Response:
     session = request[session_key]
     user = session.user
     roles.require(user.role, roles.LIST_RECORDINGS)
     q = request.query
+    if search.PERSONAL & set(q):
+        # Refused, not ignored: a link that carries a number must stop being made, not quietly work.
+        raise BadRequest(
+            "A phone number is not accepted in a page's address, because proxies and load balancers "
+            "record addresses. Enter it in the Phone number field of the recordings' filter form."
+        )
     errors: list[str] = []
+    expired = False
+    if "search" in q:
+        sealed = search.open_token(request.cookies.get(sessions.COOKIE, ""), q["search"])
+        expired = sealed is None
+        if expired:
+            errors.append("This search has expired (or was made in another session). Filter again.")
+        given = sealed or {}
+    else:
+        given = {name: q[name] for name in search.URL_FIELDS if name in q}
     phone_hash = None
     try:
-        stored_from = _time(q.get("from", ""), "From")
-        stored_to = _time(q.get("to", ""), "To")
+        stored_from = _time(given.get("from", ""), "From")
+        stored_to = _time(given.get("to", ""), "To")
     except BadRequest as exc:
         errors.append(exc.message)
         stored_from = stored_to = None
     async with request.app[db_key].acquire() as conn:
-        if q.get("phone"):
+        if given.get("phone"):
             try:
                 phone_hash = await request.app[keys_key].phone_hash(
-                    conn, user.tenant, normalise_e164(q["phone"], field="Phone number")
+                    conn, user.tenant, normalise_e164(given["phone"], field="Phone number")
                 )
             except BadRequest as exc:
                 errors.append(exc.message)
-        expiring = q.get("expiring_days", "")
+        expiring = given.get("expiring_days", "")
         performance = roles.can(user.role, roles.AGENT_FILTER)
         durations: dict[str, int | None] = {}
         for name, label in (("min_minutes", "Longer than"), ("max_minutes", "Shorter than")):
-            raw = q.get(name, "").strip() if performance else ""
+            raw = given.get(name, "").strip() if performance else ""
             if raw and not (raw.isdigit() and int(raw) <= 24 * 60):
                 errors.append(f"{label} takes whole minutes (0 to 1440).")
                 raw = ""
@@ -248,12 +275,12 @@ async def recordings_page(request: web.Request) -> web.Response:
             stored_to=stored_to,
             phone_hash=phone_hash,
             # Agents' performance filters are for supervisors (and privacy, legal), not support.
-            agent=(q.get("agent") or None) if roles.can(user.role, roles.AGENT_FILTER) else None,
+            agent=(given.get("agent") or None) if roles.can(user.role, roles.AGENT_FILTER) else None,
             states=roles.visible_states(user.role),
             include_restricted=roles.can(user.role, roles.OPEN_RESTRICTED),
-            consent_status=q.get("consent") or None,
-            announcement_verified={"yes": True, "no": False}.get(q.get("verified", "")),
-            held={"yes": True, "no": False}.get(q.get("held", "")),
+            consent_status=given.get("consent") or None,
+            announcement_verified={"yes": True, "no": False}.get(given.get("verified", "")),
+            held={"yes": True, "no": False}.get(given.get("held", "")),
             expires_before=(datetime.now(UTC) + timedelta(days=int(expiring)))
             if expiring.isdigit()
             else None,
@@ -269,9 +296,12 @@ async def recordings_page(request: web.Request) -> web.Response:
                 after = (datetime.fromisoformat(stamp), uuid.UUID(rid))
             except ValueError:
                 errors.append("The page link is not valid; showing the first page.")
+        # A search that cannot be read, or a phone number that is not one, shows nothing rather than
+        # everything: the filter the person asked for must not silently fall away.
+        unusable = expired or bool(given.get("phone") and phone_hash is None)
         rows = (
             []
-            if errors and phone_hash is None and q.get("phone")
+            if unusable
             else await recordings.page(conn, tenant=user.tenant, filters=filters, after=after, limit=PAGE + 1)
         )
         shown = rows[:PAGE]
@@ -288,10 +318,16 @@ async def recordings_page(request: web.Request) -> web.Response:
                     "count": len(shown),
                     "recording_ids": [str(r.id) for r in shown],
                     "via": "portal",
-                    "filters": sorted(k for k, v in q.items() if v and k != "after"),
+                    # The filters' names only: a value may be a phone number.
+                    "filters": sorted(k for k, v in given.items() if v),
                 },
             )
-    next_after = f"{shown[-1].stored_at.isoformat()}_{shown[-1].id}" if len(rows) > PAGE else None
+    next_url = None
+    if len(rows) > PAGE:
+        # The next page keeps the search token, or the address's own filters (none of them personal).
+        kept = {"search": q["search"]} if "search" in q else {k: v for k, v in given.items() if v}
+        last = shown[-1]
+        next_url = "/portal/?" + urlencode({**kept, "after": f"{last.stored_at.isoformat()}_{last.id}"})
     return aiohttp_jinja2.render_template(
         "recordings.html",
         request,
@@ -299,9 +335,9 @@ async def recordings_page(request: web.Request) -> web.Response:
             request,
             items=shown,
             on_hold=on_hold,
-            q=q,
+            given=given,
             errors=errors,
-            next_after=next_after,
+            next_url=next_url,
             now=datetime.now(UTC),
             agents=agent_names,
         ),

@@ -431,6 +431,15 @@ SCOPE = {
 }
 # A valid body for every operation that takes one; each string in it is then made hostile in turn.
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", f"{API}/recordings/search"): {
+        "call_id": "CA1",
+        "phone": "+442071234567",
+        "agent": "agent-1",
+        "from": "2026-01-01T00:00:00+00:00",
+        "to": "2027-01-01T00:00:00+00:00",
+        "state": "stored",
+        "limit": 10,
+    },
     ("POST", f"{API}/recordings/{{id}}/approve"): {"reason": "reviewed"},
     ("POST", f"{API}/recordings/{{id}}/reject"): {"reason": "reviewed"},
     ("POST", f"{API}/recordings/{{id}}/restrict"): {"reason": "Art. 18 request"},
@@ -528,3 +537,21 @@ async def test_hostile_strings_are_a_client_error(api: Any, seeded: Seeded) -> N
                     headers={"Content-Type": "application/json"},
                 )
     assert not server_errors, f"{len(server_errors)} server errors:\n" + "\n".join(server_errors)
+
+
+def test_no_documented_query_parameter_takes_a_phone_number() -> None:
+    """URLs are written to the access logs of proxies and load balancers (DESIGN rule 3): a phone number
+    travels in a body (POST /recordings/search), never in a query string."""
+    e164 = openapi.E164["pattern"]
+    in_query = [
+        (method, path, param["name"])
+        for (method, path), op in document_operations(openapi.DOCUMENT).items()
+        for param in op.get("parameters", [])
+        if param["in"] == "query"
+        and (param["name"] in ("phone", "phones") or param["schema"].get("pattern") == e164)
+    ]
+    assert in_query == []
+    search = openapi.DOCUMENT["paths"][f"{API}/recordings/search"]["post"]
+    body = openapi.DOCUMENT["components"]["schemas"]["RecordingSearch"]
+    assert search["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecordingSearch")
+    assert body["properties"]["phone"]["pattern"] == e164

@@ -1,18 +1,32 @@
-"""/api/v1/recordings: tokens and scopes, tenant isolation, filters, keyset pagination, bad input."""
+"""/api/v1/recordings: tokens and scopes, tenant isolation, filters, keyset pagination, bad input; the
+search by phone number, which takes its filters in a POST body because URLs end up in access logs."""
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from callrec.appkeys import db_key
+from callrec.appkeys import db_key, keys_key
 from callrec.db import recordings, tokens
 
+SEARCH = "/api/v1/recordings/search"
+CALLER = "+447700900123"  # Ofcom's range for drama: never a real subscriber
+OTHER_CALLER = "+12125550188"
 
-def recording(tenant: str, *, call_id: str = "CA1", agent: str | None = None, stored_at: datetime) -> Any:
+
+def recording(
+    tenant: str,
+    *,
+    call_id: str = "CA1",
+    agent: str | None = None,
+    stored_at: datetime,
+    from_hash: bytes | None = None,
+) -> Any:
     return recordings.Recording(
         id=uuid.uuid4(),
         tenant=tenant,
@@ -37,7 +51,7 @@ def recording(tenant: str, *, call_id: str = "CA1", agent: str | None = None, st
         direction="inbound",
         from_sealed=None,
         to_sealed=None,
-        from_hash=None,
+        from_hash=from_hash,
         to_hash=None,
         agent=agent,
     )
@@ -143,7 +157,6 @@ async def test_revoked_token_is_refused(client: Any) -> None:
         {"cursor": "not-a-cursor!"},
         {"from": "last tuesday"},
         {"from": "2026-11-01T00:00:00"},  # no offset: ambiguous
-        {"phone": "07700 900123"},  # not E.164
         {"colour": "blue"},
     ],
 )
@@ -168,3 +181,182 @@ async def test_unknown_route_and_wrong_method_are_json(client: Any) -> None:
     assert missing.status == 404 and "error" in await missing.json()
     wrong = await client.delete("/api/v1/recordings")
     assert wrong.status == 405 and "error" in await wrong.json()
+
+
+# --- phone numbers stay out of URLs: POST /api/v1/recordings/search ----------------------------------
+
+
+async def phone_hash(client: Any, tenant: str, e164: str) -> bytes:
+    async with client.app[db_key].acquire() as conn:
+        digest: bytes = await client.app[keys_key].phone_hash(conn, tenant, e164)
+    return digest
+
+
+@pytest.fixture
+async def callers(client: Any) -> dict[str, list[Any]]:
+    """Recordings of two callers in acme (12 and 3) and one of the first caller in other."""
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    rows: dict[str, list[Any]] = {CALLER: [], OTHER_CALLER: [], "other": []}
+    for i in range(15):
+        number = CALLER if i % 5 else OTHER_CALLER
+        digest = await phone_hash(client, "acme", number)
+        rows[number].append(
+            recording("acme", call_id=f"CA{i % 3}", stored_at=base + timedelta(hours=i), from_hash=digest)
+        )
+    rows["other"].append(
+        recording("other", stored_at=base, from_hash=await phone_hash(client, "other", CALLER))
+    )
+    async with client.app[db_key].acquire() as conn:
+        for row in [r for group in rows.values() for r in group]:
+            assert await recordings.insert(conn, row)
+    return rows
+
+
+def newest_first(rows: list[Any]) -> list[str]:
+    return [str(r.id) for r in sorted(rows, key=lambda r: r.stored_at, reverse=True)]
+
+
+@pytest.mark.parametrize("phone", [CALLER, "+44 7700 900123", "+44 (0)7700 900123"])
+async def test_the_list_refuses_a_phone_number_in_its_url(client: Any, callers: Any, phone: str) -> None:
+    auth = await make_token(client, "acme", "recordings:read")
+    resp = await client.get("/api/v1/recordings", params={"phone": phone}, headers=auth)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "personal_data_in_url"
+    assert "POST /api/v1/recordings/search" in error["message"]
+    assert "900123" not in error["message"]
+    async with client.app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'recording:listed'") == 0
+
+
+async def test_search_by_phone_walks_every_match_once_and_no_cursor_holds_the_number(
+    client: Any, callers: dict[str, list[Any]]
+) -> None:
+    auth = await make_token(client, "acme", "recordings:read")
+    seen: list[str] = []
+    cursors: list[str] = []
+    body: dict[str, Any] = {"phone": "+44 7700 900123", "limit": 5}
+    for _ in range(10):
+        resp = await client.post(SEARCH, json=body, headers=auth)
+        assert resp.status == 200, await resp.text()
+        page = await resp.json()
+        seen += [item["id"] for item in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursors.append(page["next_cursor"])
+        body = {**body, "cursor": page["next_cursor"]}
+    assert seen == newest_first(callers[CALLER])
+    assert len(cursors) == 2
+    for cursor in cursors:
+        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        assert "7700900123" not in decoded and "900123" not in decoded
+    other = await (await client.post(SEARCH, json={"phone": OTHER_CALLER}, headers=auth)).json()
+    assert [item["id"] for item in other["items"]] == newest_first(callers[OTHER_CALLER])
+
+
+async def test_search_answers_exactly_like_the_list(client: Any, callers: dict[str, list[Any]]) -> None:
+    auth = await make_token(client, "acme", "recordings:read")
+    lo = datetime(2026, 11, 1, 3, tzinfo=UTC).isoformat()
+    filters = {"call_id": "CA1", "from": lo, "state": "stored"}
+    listed = await client.get("/api/v1/recordings", params={**filters, "limit": "2"}, headers=auth)
+    searched = await client.post(SEARCH, json={**filters, "limit": 2}, headers=auth)
+    assert listed.status == searched.status == 200
+    first = await listed.json()
+    assert first == await searched.json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    cursor = first["next_cursor"]
+    listed = await client.get(
+        "/api/v1/recordings", params={**filters, "limit": "2", "cursor": cursor}, headers=auth
+    )
+    searched = await client.post(SEARCH, json={**filters, "limit": 2, "cursor": cursor}, headers=auth)
+    assert await listed.json() == await searched.json()
+    # The same audit entries: a look at each page, naming the filters given and never their values.
+    async with client.app[db_key].acquire() as conn:
+        entries = await conn.fetch(
+            "SELECT actor, details FROM audit_log WHERE action = 'recording:listed' ORDER BY seq"
+        )
+    details = [json.loads(e["details"]) for e in entries]
+    assert len(details) == 4
+    assert details[0] == details[1] and details[2] == details[3]
+    assert details[0]["filters"] == ["call_id", "from", "state"]
+
+
+async def test_the_search_audit_entry_names_the_phone_filter_but_not_the_number(
+    client: Any, callers: dict[str, list[Any]]
+) -> None:
+    auth = await make_token(client, "acme", "recordings:read")
+    resp = await client.post(SEARCH, json={"phone": CALLER, "limit": 3}, headers=auth)
+    assert resp.status == 200
+    async with client.app[db_key].acquire() as conn:
+        (entry,) = await conn.fetch(
+            "SELECT details::text AS d FROM audit_log WHERE action = 'recording:listed'"
+        )
+    assert json.loads(entry["d"])["filters"] == ["phone"]
+    for digits in ("7700900123", "900123", "+44"):
+        assert digits not in entry["d"]
+
+
+async def test_search_keeps_tenants_and_scopes(client: Any, callers: dict[str, list[Any]]) -> None:
+    other = await make_token(client, "other", "recordings:read")
+    page = await (await client.post(SEARCH, json={"phone": CALLER}, headers=other)).json()
+    assert [item["id"] for item in page["items"]] == [str(callers["other"][0].id)]
+    assert (await client.post(SEARCH, json={"phone": CALLER})).status == 401
+    listen_only = await make_token(client, "acme", "recordings:listen")
+    resp = await client.post(SEARCH, json={"phone": CALLER}, headers=listen_only)
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "insufficient_scope"
+    read = await make_token(client, "acme", "recordings:read")
+    resp = await client.post(SEARCH, json={"state": "quarantined"}, headers=read)
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "insufficient_scope"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "invalid_body"),
+        (b"not json", "invalid_body"),
+        (b"[]", "invalid_body"),
+        (b'"+447700900123"', "invalid_body"),
+        (b"[" * 8000, "invalid_body"),
+        (b"\xff\xfe\x00", "invalid_body"),
+        (json.dumps({"colour": "blue"}).encode(), "invalid_body"),
+        (json.dumps({"phone": 447700900123}).encode(), "invalid_body"),
+        (json.dumps({"phone": [CALLER]}).encode(), "invalid_body"),
+        (json.dumps({"phone": None}).encode(), "invalid_body"),
+        (json.dumps({"call_id": ""}).encode(), "invalid_body"),
+        (json.dumps({"agent": "a" * 65}).encode(), "invalid_body"),
+        (json.dumps({"limit": "10"}).encode(), "invalid_body"),
+        (json.dumps({"limit": True}).encode(), "invalid_body"),
+        (json.dumps({"limit": 2.5}).encode(), "invalid_body"),
+        (json.dumps({"limit": 0}).encode(), "invalid_body"),
+        (json.dumps({"limit": 201}).encode(), "invalid_body"),
+        (json.dumps({"phone": "07700 900123"}).encode(), "invalid_phone"),  # not E.164
+        (json.dumps({"state": "lost"}).encode(), "invalid_parameter"),
+        (json.dumps({"from": "last tuesday"}).encode(), "invalid_parameter"),
+        (json.dumps({"cursor": "not-a-cursor!"}).encode(), "invalid_cursor"),
+        (json.dumps({"agent": "a\x00b"}).encode(), "invalid_characters"),
+        (b'{"agent": "a\\ud800b"}', "invalid_characters"),
+    ],
+)
+async def test_bad_search_bodies_are_400_with_a_stable_code(client: Any, body: bytes, code: str) -> None:
+    auth = await make_token(client, "acme", "recordings:read")
+    resp = await client.post(SEARCH, data=body, headers={**auth, "Content-Type": "application/json"})
+    assert resp.status == 400, await resp.text()
+    error = (await resp.json())["error"]
+    assert set(error) == {"code", "message"} and error["code"] == code
+    assert "900123" not in error["message"]  # a message names the key, never echoes the number
+
+
+async def test_search_bodies_are_bounded_whatever_their_length_says(client: Any) -> None:
+    auth = await make_token(client, "acme", "recordings:read")
+    big = json.dumps({"agent": "a", "call_id": "x" * 9000}).encode()
+    declared = await client.post(SEARCH, data=big, headers={**auth, "Content-Type": "application/json"})
+    assert declared.status == 413
+    assert (await declared.json())["error"]["code"] == "payload_too_large"
+
+    async def chunks() -> Any:  # no Content-Length: chunked transfer encoding
+        for _ in range(100):
+            yield b" " * 1024
+
+    streamed = await client.post(SEARCH, data=chunks(), headers={**auth, "Content-Type": "application/json"})
+    assert streamed.status == 413
+    assert (await streamed.json())["error"]["code"] == "payload_too_large"

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from callrec.appkeys import db_key
+from callrec.appkeys import db_key, keys_key
+from callrec.portal import search as portal_search
 
 
 def csrf(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]*)"', html)
     assert match
     return match.group(1)
+
+
+async def search(b: Any, **filters: str) -> tuple[str, str]:
+    """Submit the recordings' filter form as a browser does: a POST, then the GET its 303 names.
+    Returns that address and the result page."""
+    token = await b.csrf("/portal/")
+    resp = await b.post("/portal/search", {"csrf_token": token, **filters})
+    assert resp.status == 303, await resp.text()
+    location: str = resp.headers["Location"]
+    page = await b.get(location)
+    assert page.status == 200, await page.text()
+    return location, await page.text()
 
 
 @pytest.fixture
@@ -145,10 +159,11 @@ async def test_filters_and_the_agent_filter_is_for_supervisors(
     assert str(second) in filtered and str(first) not in filtered
     ignored = await (await s.get("/portal/?agent=agent-2")).text()
     assert str(first) in ignored and 'id="agent"' not in ignored  # support has no agent filter
-    by_phone = await (await b.get("/portal/?phone=%2B12125550123")).text()
+    location, by_phone = await search(b, phone="+12125550123")
+    assert "5550123" not in location
     assert str(first) in by_phone and "5550123" not in by_phone.split("<table")[1]
-    bad = await (await b.get("/portal/?phone=yesterday")).text()
-    assert "E.164" in bad
+    _, bad = await search(b, phone="yesterday")
+    assert "E.164" in bad and "No recordings match." in bad
     expiring = await (await b.get("/portal/?expiring_days=7")).text()
     assert "No recordings match." in expiring
 
@@ -214,3 +229,121 @@ async def test_the_agent_list_is_each_agent_once(portal: Any) -> None:
                 )
             )
     assert "recordings_agent" in plan
+
+
+# --- phone numbers stay out of addresses ---------------------------------------------------------
+
+CALLER = "+12125550123"  # twilio_support's default caller
+OTHER_CALLER = "+12125550188"
+
+
+async def test_the_filter_form_posts_and_the_result_address_holds_no_number(
+    browser: Any, staff_factory: Any, ingest_call: Any, audio_fixtures: Path
+) -> None:
+    data = (audio_fixtures / "call-without-announcement.wav").read_bytes()
+    first = await ingest_call(data, caller=CALLER)
+    second = await ingest_call(data, caller=OTHER_CALLER)
+    b = browser()
+    await b.login(await staff_factory("support"))
+    page = await (await b.get("/portal/")).text()
+    form = page[page.index('<form method="post" action="/portal/search"') :]
+    assert 'name="csrf_token"' in form.split("</form>")[0]
+    for typed in (OTHER_CALLER, "+1 (212) 555-0188", "+1 212 555 0188"):
+        location, found = await search(b, phone=typed)
+        assert location.startswith("/portal/?search=") and "after" not in location
+        for digits in ("2125550188", "5550188", "212-555-0188", "555-0188"):
+            assert digits not in location
+        assert str(second) in found and str(first) not in found
+        assert f'value="{typed}"' in found  # the form shows what was typed, in the page, not its address
+    # A blank form is the unfiltered list.
+    resp = await b.post("/portal/search", {"csrf_token": await b.csrf(), "phone": " "})
+    assert resp.status == 303 and resp.headers["Location"] == "/portal/"
+    # The form is a state-changing POST like any other: without the session's CSRF token it is refused.
+    assert (await b.post("/portal/search", {"phone": OTHER_CALLER})).status == 403
+
+
+@pytest.mark.parametrize("phone", ["%2B12125550123", "+12125550123", "2125550123", "yesterday"])
+async def test_a_phone_number_in_the_address_is_refused(
+    browser: Any, staff_factory: Any, recording: uuid.UUID, portal: Any, phone: str
+) -> None:
+    b = browser()
+    await b.login(await staff_factory("supervisor"))
+    resp = await b.get(f"/portal/?phone={phone}")
+    assert resp.status == 400
+    text = await resp.text()
+    assert "Phone number field" in text and str(recording) not in text
+    async with portal.app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'recording:listed'") == 0
+
+
+async def test_a_search_token_is_bound_to_its_session_and_short_lived(
+    browser: Any, staff_factory: Any, recording: uuid.UUID
+) -> None:
+    supervisor = await staff_factory("supervisor")
+    mine, theirs = browser(), browser()
+    await mine.login(supervisor)
+    await theirs.login(supervisor)  # the same person, another session
+    location, found = await search(mine, phone=CALLER)
+    assert str(recording) in found
+    elsewhere = await (await theirs.get(location)).text()
+    assert "This search has expired" in elsewhere and str(recording) not in elsewhere
+    assert "No recordings match." in elsewhere and CALLER not in elsewhere
+    # Tampered with: one character of the token changed.
+    token = location.split("search=", 1)[1]
+    bent = token[:-5] + ("A" if token[-5] != "A" else "B") + token[-4:]
+    assert str(recording) not in await (await mine.get(f"/portal/?search={bent}")).text()
+    # Past its lifetime (the clock is the only thing changed).
+    cookie = mine.cookies["__Host-callrec_session"]
+    sealed = portal_search.seal(cookie, {"phone": CALLER})
+    assert portal_search.open_token(cookie, sealed) == {"phone": CALLER}
+    later = time.time() + portal_search.TTL.total_seconds() + 1
+    assert portal_search.open_token(cookie, sealed, now=later) is None
+    assert portal_search.open_token(theirs.cookies["__Host-callrec_session"], sealed) is None
+    # And after logout, the session that could read it is gone.
+    await mine.post("/portal/logout", {"csrf_token": await mine.csrf()})
+    assert (await mine.get(location)).headers["Location"] == "/portal/login"
+
+
+async def test_paging_a_phone_search_keeps_the_number_out_of_every_address(
+    browser: Any, staff_factory: Any, portal: Any
+) -> None:
+    async with portal.app[db_key].acquire() as conn:
+        digest = await portal.app[keys_key].phone_hash(conn, "acme", OTHER_CALLER)
+        await conn.execute(
+            """INSERT INTO recordings (id, tenant, provider, provider_recording_id, call_id, state,
+                                       stored_at, expires_at, duration_ms, channels, sample_rate,
+                                       format, codec, size_bytes, sha256, from_hash)
+               SELECT gen_random_uuid(), 'acme', 'upload', 'r' || n, 'c' || n, 'stored',
+                      now() - n * interval '1 minute', now() + interval '90 days', 1000, 1, 8000,
+                      'wav', 'pcm_s16le', 16000, '', CASE WHEN n <= 60 THEN $1::bytea END
+               FROM generate_series(1, 70) n""",
+            digest,
+        )
+        wanted = {
+            str(r["id"]) for r in await conn.fetch("SELECT id FROM recordings WHERE from_hash = $1", digest)
+        }
+    assert len(wanted) == 60
+    b = browser()
+    await b.login(await staff_factory("support"))
+    location, page = await search(b, phone=OTHER_CALLER)
+    addresses = [location]
+    seen: list[str] = []
+    for _ in range(5):
+        seen += re.findall(r'href="/portal/recordings/([0-9a-f-]{36})"', page)
+        addresses += re.findall(r'(?:href|action|src)="([^"]*)"', page)
+        following = re.search(r'<a href="([^"]*)">Next page</a>', page)
+        if following is None:
+            break
+        page = await (await b.get(following.group(1).replace("&amp;", "&"))).text()
+    assert len(seen) == 60 and set(seen) == wanted  # every match once, over two pages
+    assert any("after=" in a for a in addresses)
+    for address in addresses:
+        for digits in ("2125550188", "5550188"):
+            assert digits not in address, address
+    async with portal.app[db_key].acquire() as conn:
+        entries = await conn.fetch(
+            "SELECT details::text AS d FROM audit_log WHERE action = 'recording:listed' ORDER BY seq"
+        )
+    # The page that gave the form, then the two result pages: the filter named, the number nowhere.
+    assert [json.loads(e["d"])["filters"] for e in entries] == [[], ["phone"], ["phone"]]
+    assert not any("5550188" in e["d"] for e in entries)

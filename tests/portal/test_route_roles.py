@@ -16,6 +16,7 @@ RECORDING_ROLES = {"support", "supervisor", "privacy", "legal"}
 # checked separately (they work for everyone).
 EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/portal/"): RECORDING_ROLES,
+    ("POST", "/portal/search"): RECORDING_ROLES,
     ("GET", "/portal/recordings/{id}"): RECORDING_ROLES,
     ("POST", "/portal/recordings/{id}/reason"): RECORDING_ROLES,
     ("GET", "/portal/recordings/{id}/audio"): RECORDING_ROLES,

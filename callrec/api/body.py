@@ -10,6 +10,8 @@ from aiohttp import web
 from callrec.errors import BadRequest
 
 MAX_JSON_BYTES = 1024 * 1024
+# No request body callrec takes is nested more than a few levels; deeper is refused.
+MAX_DEPTH = 32
 
 
 def clean_text(value: str) -> bool:
@@ -23,20 +25,26 @@ def clean_text(value: str) -> bool:
     return True
 
 
-def _check_strings(value: Any, path: str = "body") -> None:
-    if isinstance(value, str):
-        if not clean_text(value):
-            raise BadRequest(
-                f"{path} holds characters that are not allowed (NUL or invalid UTF-8)",
-                code="invalid_characters",
-            )
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_strings(key, path)
-            _check_strings(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_strings(item, f"{path}[{index}]")
+def _check_strings(value: Any) -> None:
+    """Refuse NUL and invalid UTF-8 anywhere in a parsed body, and nesting deeper than
+    :data:`MAX_DEPTH`. Iterative, so that no body can exhaust the interpreter's stack."""
+    stack: list[tuple[Any, str, int]] = [(value, "body", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"the body is nested more than {MAX_DEPTH} levels deep", code="invalid_body")
+        if isinstance(item, str):
+            if not clean_text(item):
+                raise BadRequest(
+                    f"{path} holds characters that are not allowed (NUL or invalid UTF-8)",
+                    code="invalid_characters",
+                )
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, path, depth + 1))
+                stack.append((child, f"{path}.{key}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{index}]", depth + 1) for index, child in enumerate(item))
 
 
 def parse_time(raw: str, name: str, *, default_utc: bool = False) -> datetime:
@@ -62,6 +70,12 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("the body is over 1 MiB", code="payload_too_large", status=413)
     try:
         body = await request.json()
+    except RecursionError:
+        # The json module recurses once per level of nesting: a body of a hundred thousand "["
+        # exhausts the stack before anything could refuse it as too deep.
+        raise BadRequest(
+            f"the body is nested more than {MAX_DEPTH} levels deep", code="invalid_body"
+        ) from None
     except ValueError:
         raise BadRequest("the body must be a JSON object", code="invalid_body") from None
     if not isinstance(body, dict):

@@ -539,6 +539,33 @@ async def test_hostile_strings_are_a_client_error(api: Any, seeded: Seeded) -> N
     assert not server_errors, f"{len(server_errors)} server errors:\n" + "\n".join(server_errors)
 
 
+async def test_deeply_nested_bodies_are_a_client_error(api: Any, seeded: Seeded) -> None:
+    """A body of a hundred thousand "[" made the json module exhaust the stack (RecursionError, a 500);
+    nesting that parses but is deeper than any body callrec takes is refused as well."""
+    auth = await bearer(api, all_scopes())
+    nested_object = '{"scope": ' + '{"a": ' * 500 + "1" + "}" * 500 + "}"
+    bodies = {
+        "unclosed arrays": "[" * 100_000,
+        "closed arrays": "[" * 5000 + "]" * 5000,
+        "objects": nested_object,
+    }
+    answers = []
+    for method, path in sorted(BODIES):
+        for label, body in bodies.items():
+            resp = await api.request(
+                method,
+                path.replace("{id}", str(uuid.uuid4())),
+                headers={**auth, "Content-Type": "application/json"},
+                data=body,
+            )
+            answers.append((method, path, label, resp.status, (await resp.json())["error"]["code"]))
+    # 404 for an operation on an id that does not exist; 413 where a body's own cap is lower.
+    expected = {(400, "invalid_body"), (404, "not_found"), (413, "payload_too_large")}
+    wrong = [a for a in answers if a[3:] not in expected]
+    assert not wrong, wrong
+    assert sum(a[3] == 400 for a in answers) >= len(bodies) * 5, answers
+
+
 def test_no_documented_query_parameter_takes_a_phone_number() -> None:
     """URLs are written to the access logs of proxies and load balancers (DESIGN rule 3): a phone number
     travels in a body (POST /recordings/search), never in a query string."""

@@ -217,15 +217,16 @@ async def fake_twilio() -> AsyncIterator[FakeTwilio]:
         await server.close()
 
 
-def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
-    """A test config: real database, filesystem store under tmp_path, a tenant with secrets."""
+def make_config(tmp_path: Path, database_url: str, twilio_base: str, **sections: Any) -> Any:
+    """A test config: real database, filesystem store under tmp_path, a tenant with secrets.
+    Media may come from the fake Twilio (``twilio_base``): media_hosts match ports."""
     from callrec.config import config_from_mapping
 
     raw: dict[str, Any] = {
         "data_dir": str(tmp_path / "data"),
         "server": {"public_base_url": PUBLIC_BASE},
         "database": {"url": database_url},
-        "ingest": {"media_hosts": ["127.0.0.1"], "retry_base": "1s"},
+        "ingest": {"media_hosts": [twilio_base.removeprefix("http://")], "retry_base": "1s"},
         "tenants": {
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
@@ -256,14 +257,14 @@ def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
 
 
 @pytest.fixture
-def app_config(tmp_path: Path, database_url: str) -> Any:
+def app_config(tmp_path: Path, database_url: str, fake_twilio: FakeTwilio) -> Any:
     """Build a config with some sections replaced: ``app_config(storage={...})``."""
-    return lambda **sections: make_config(tmp_path, database_url, **sections)
+    return lambda **sections: make_config(tmp_path, database_url, fake_twilio.base, **sections)
 
 
 @pytest.fixture
-def config(tmp_path: Path, database_url: str) -> Any:
-    return make_config(tmp_path, database_url)
+def config(tmp_path: Path, database_url: str, fake_twilio: FakeTwilio) -> Any:
+    return make_config(tmp_path, database_url, fake_twilio.base)
 
 
 @pytest.fixture

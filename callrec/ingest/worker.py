@@ -45,7 +45,7 @@ from callrec.consent.policy import Decision, PolicyInput, Reason, decide
 from callrec.consent.redaction import RedactionError, Span, merge, redact_file, spans_from_events
 from callrec.crypto import envelope
 from callrec.db import Conn, announcements, audit, deletions, events, holds, jobs, recordings
-from callrec.errors import CallrecError
+from callrec.errors import BadRequest, CallrecError
 from callrec.ingest.media import MediaError, check_media_url, download
 from callrec.ingest.remote import PROVIDERS
 from callrec.ingest.tags import Tags
@@ -231,7 +231,10 @@ class Worker:
         provider = PROVIDERS[p["provider"]]
         if not provider.configured(tenant):
             raise PermanentError(f"tenant {tenant.name!r} has no {provider.name} credentials configured")
-        check_media_url(p["media_url"], self.config.ingest.media_hosts)
+        try:
+            check_media_url(p["media_url"], self.config.ingest.media_hosts)
+        except BadRequest as exc:  # queued before the allow-list changed: retrying cannot help
+            raise PermanentError(exc.message) from None
         timeout = aiohttp.ClientTimeout(
             total=self.config.ingest.fetch_timeout.total_seconds(), sock_connect=15
         )

@@ -427,7 +427,7 @@ async def test_oversized_media_is_dead_with_the_limit_named(
 ) -> None:
     from callrec.app import create_app
 
-    cfg = app_config(ingest={"media_hosts": ["127.0.0.1"], "max_media_mb": 1})
+    cfg = app_config(ingest={"max_media_mb": 1})
     client = await aiohttp_client(create_app(cfg, run_workers=False))
     sid = rec_sid()
     fake_twilio.media[sid] = b"\0" * (2 * 1024 * 1024)

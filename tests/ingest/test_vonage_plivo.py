@@ -134,6 +134,7 @@ async def providers(tmp_path: Path) -> AsyncIterator[tuple[FakeProviders, Path]]
 async def client(aiohttp_client: Any, app_config: Any, providers: tuple[FakeProviders, Path]) -> Any:
     fake, pem = providers
     cfg = app_config(
+        ingest={"media_hosts": [fake.base.removeprefix("http://")]},
         tenants={
             "acme": {
                 "webhook_secret": "pbx-shared-secret-for-tests",
@@ -145,7 +146,7 @@ async def client(aiohttp_client: Any, app_config: Any, providers: tuple[FakeProv
                 "plivo_api_base": fake.base,
                 "policy": {"default_basis": "contract"},
             }
-        }
+        },
     )
     return await aiohttp_client(create_app(cfg, run_workers=False))
 

@@ -200,7 +200,7 @@ ACKS_MEDIA_BASE = "http://127.0.0.1:9"  # named in the acks phase's callbacks, n
 
 
 def bench_config(data_dir: Path, database_url: str, *, twilio_base: str, workers: int = 2) -> Config:
-    """``twilio_base``: the fake Twilio serving media (media_hosts match ports)."""
+    """``twilio_base``: the fake Twilio serving media and the Calls API (media_hosts match ports)."""
     return config_from_mapping(
         {
             "data_dir": str(data_dir),
@@ -210,7 +210,13 @@ def bench_config(data_dir: Path, database_url: str, *, twilio_base: str, workers
             "storage": {"backend": "filesystem", "path": str(data_dir / "objects")},
             "keys": {"provider": "local", "path": str(data_dir / "keyring.json")},
             "ingest": {"media_hosts": [twilio_base.removeprefix("http://")], "workers": workers},
-            "tenants": {TENANT: {"twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN}},
+            "tenants": {
+                TENANT: {
+                    "twilio_account_sid": ACCOUNT_SID,
+                    "twilio_auth_token": AUTH_TOKEN,
+                    "twilio_api_base": twilio_base,
+                }
+            },
         }
     )
 

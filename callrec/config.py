@@ -43,6 +43,12 @@ DEFAULT_MEDIA_HOSTS = (
     "media.plivo.com",
     "api.plivo.com",
 )
+# Provider API origins: call look-ups and provider-copy deletions go here, with the tenant's
+# credentials, and never to an origin named in a callback.
+DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
+DEFAULT_VONAGE_API_BASE = "https://api.nexmo.com"
+DEFAULT_PLIVO_API_BASE = "https://api.plivo.com"
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -191,6 +197,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def api_base(key: str, value: object) -> str:
+    """A provider API origin, ``https://host[:port]`` with nothing after it (a trailing ``/`` is
+    dropped); plain http only for a loopback host (a local fake provider in tests). The host part
+    follows the allow-list grammar. Raises :class:`ConfigError` naming ``key``."""
+    expected = "expected an origin such as https://api.example.com (plain http only for a loopback host)"
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: {expected}, got {value!r}")
+    scheme, separator, rest = value.partition("://")
+    scheme = scheme.lower()
+    try:
+        if not separator or scheme not in DEFAULT_PORTS:
+            raise ConfigError("no http(s) scheme")
+        host, port = _host_entry(key, rest[:-1] if rest.endswith("/") else rest)
+    except ConfigError:
+        raise ConfigError(f"{key}: {expected}, got {value!r}") from None
+    if scheme == "http" and not is_loopback(host):
+        raise ConfigError(f"{key}: {expected}, got {value!r}")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}" + ("" if port is None else f":{port}")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -289,6 +316,8 @@ class TenantConfig:
     retention: timedelta = timedelta(days=90)
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
+    # Twilio's REST API for call look-ups and deletions (a Twilio region: its own origin).
+    twilio_api_base: str = DEFAULT_TWILIO_API_BASE
     webhook_secret: str = ""
     delete_provider_copy: bool = False
     # Vonage signed webhooks (HS256 signature secret) and the application whose key fetches media.
@@ -296,9 +325,10 @@ class TenantConfig:
     vonage_api_key: str = ""
     vonage_application_id: str = ""
     vonage_private_key_path: str = ""
+    vonage_api_base: str = DEFAULT_VONAGE_API_BASE
     plivo_auth_id: str = ""
     plivo_auth_token: str = ""
-    plivo_api_base: str = "https://api.plivo.com"
+    plivo_api_base: str = DEFAULT_PLIVO_API_BASE
     # Hosts deletion-request callback_urls may point at (no SSRF: nothing else is ever called);
     # the same host / host:port entries as [ingest] media_hosts.
     callback_hosts: HostAllowList = HostAllowList()
@@ -503,7 +533,13 @@ def _tenant(name: str, body: Mapping[str, Any]) -> TenantConfig:
     if "callback_hosts" not in plain:  # an empty list names this tenant's key when it refuses
         tenant = replace(tenant, callback_hosts=HostAllowList(key=f"{key}.callback_hosts"))
     policy = policy_config_from_mapping(policy_raw, key=f"{key}.policy", tenant_retention=tenant.retention)
-    return replace(tenant, policy=policy)
+    return replace(
+        tenant,
+        policy=policy,
+        twilio_api_base=api_base(f"{key}.twilio_api_base", tenant.twilio_api_base),
+        vonage_api_base=api_base(f"{key}.vonage_api_base", tenant.vonage_api_base),
+        plivo_api_base=api_base(f"{key}.plivo_api_base", tenant.plivo_api_base),
+    )
 
 
 # Plain http only for an identity provider on this machine (tests, a local development IdP).

@@ -219,7 +219,7 @@ async def fake_twilio() -> AsyncIterator[FakeTwilio]:
 
 def make_config(tmp_path: Path, database_url: str, twilio_base: str, **sections: Any) -> Any:
     """A test config: real database, filesystem store under tmp_path, a tenant with secrets.
-    Media may come from the fake Twilio (``twilio_base``): media_hosts match ports."""
+    Media may come from the fake Twilio (``twilio_base``), which also serves Twilio's API."""
     from callrec.config import config_from_mapping
 
     raw: dict[str, Any] = {
@@ -231,6 +231,7 @@ def make_config(tmp_path: Path, database_url: str, twilio_base: str, **sections:
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
                 "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_api_base": twilio_base,
                 "webhook_secret": WEBHOOK_SECRET,
                 "retention": "90d",
                 "announcements": {
@@ -244,6 +245,7 @@ def make_config(tmp_path: Path, database_url: str, twilio_base: str, **sections:
             "other": {
                 "twilio_account_sid": "AC" + "f" * 32,
                 "twilio_auth_token": "other-token",
+                "twilio_api_base": twilio_base,
                 "webhook_secret": "other-secret",
             },
         },

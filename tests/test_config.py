@@ -110,7 +110,7 @@ def test_example_config_documents_every_key() -> None:
         )
 
 
-# --- media_hosts and callback_hosts (issue 9, defect 4) ------------------------------------------
+# --- media_hosts, callback_hosts and the provider API bases (issue 9, defect 4) ------------------
 
 MALFORMED_HOST_ENTRIES = [
     "https://api.twilio.com",  # a scheme
@@ -170,6 +170,35 @@ def test_a_bare_host_allows_only_the_schemes_default_port() -> None:
 def test_malformed_callback_host_names_the_tenants_key() -> None:
     with pytest.raises(ConfigError, match=r"^tenants\.acme\.callback_hosts: "):
         config_from_mapping({"tenants": {"acme": {"callback_hosts": ["https://hooks.example.com/dsr"]}}})
+
+
+def test_api_bases_default_to_the_providers_and_are_origins() -> None:
+    tenant = config_from_mapping(
+        {"tenants": {"acme": {"twilio_api_base": "https://API.dublin.ie1.twilio.com/"}}}
+    )
+    acme = tenant.tenants["acme"]
+    assert acme.twilio_api_base == "https://api.dublin.ie1.twilio.com"
+    assert acme.vonage_api_base == "https://api.nexmo.com"
+    assert acme.plivo_api_base == "https://api.plivo.com"
+    assert config_from_mapping({}).tenants["default"].twilio_api_base == "https://api.twilio.com"
+
+
+@pytest.mark.parametrize("name", ["twilio_api_base", "vonage_api_base", "plivo_api_base"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://api.example.com/2010-04-01",  # a path
+        "https://api.example.com?x=1",
+        "https://user:pw@api.example.com",
+        "http://api.example.com",  # plain http off loopback
+        "api.example.com",
+        "https://api.example.com:",
+        "",
+    ],
+)
+def test_malformed_api_base_stops_start_up_naming_the_key(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^tenants\.acme\.{name}: "):
+        config_from_mapping({"tenants": {"acme": {name: value}}})
 
 
 def test_cli_start_up_stops_on_a_malformed_media_host(

@@ -3,8 +3,9 @@
 ``[ingest] media_hosts`` (a :class:`~callrec.config.HostAllowList`, parsed at start-up) lists
 where recording media may be fetched from: ``host`` for the scheme's default port, ``host:port``
 for another. Plain HTTP is accepted only for loopback hosts listed there (tests use a local fake
-provider); everything else must be HTTPS. Redirects are never followed, so the URL checked is
-the URL fetched.
+provider); everything else must be HTTPS. Provider API calls (call look-ups, deletions) never go
+to a URL from a callback: they go to the tenant's configured ``*_api_base``.
+Redirects are never followed, so the URL checked is the URL fetched.
 """
 
 from __future__ import annotations

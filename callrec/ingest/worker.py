@@ -616,7 +616,7 @@ class Worker:
         request = provider.delete_request(p, tenant)
         if request is None:
             raise PermanentError(f"{provider.name} offers no API to delete a recording")
-        url = check_media_url(request.url, self.config.ingest.media_hosts)
+        url = request.url  # built from the tenant's configured API base, never from the callback
         async with self.http.delete(
             url, headers=request.headers, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
         ) as resp:
@@ -757,7 +757,7 @@ class Worker:
     async def _get_json(
         self, url: str, auth: dict[str, str], timeout: aiohttp.ClientTimeout
     ) -> dict[str, Any]:
-        check_media_url(url, self.config.ingest.media_hosts)
+        # url is built from the tenant's configured API base, never from the callback.
         async with self.http.get(url, headers=auth, timeout=timeout, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise MediaError(f"the provider's Calls resource answered HTTP {resp.status}")

@@ -1,7 +1,9 @@
 """Issue 9, defect 4: where callrec sends requests on a callback's say-so.
 
-``[ingest] media_hosts`` entries match host *and* port, at the webhook and again in the worker.
-Every server here is a real aiohttp server on 127.0.0.1 that logs what reached it.
+``[ingest] media_hosts`` entries match host *and* port, at the webhook and again in the worker;
+Twilio's Calls resource and deletions go to the configured ``twilio_api_base`` with the
+account's credentials, never to the origin of a callback's RecordingUrl. Every server here is a
+real aiohttp server on 127.0.0.1 that logs what reached it.
 """
 
 from __future__ import annotations
@@ -165,3 +167,82 @@ async def test_an_entry_with_a_port_matches_that_port(
     assert resp.status == 202, await resp.text()
     [job] = await job_rows(client)
     assert job["state"] == "queued"
+
+
+async def test_calls_and_deletion_go_to_twilio_api_base_not_to_the_media_origin(
+    aiohttp_client: Any, app_config: Any, fake_twilio: Any, audio_fixtures: Path
+) -> None:
+    """Even with the RecordingUrl's host and port allowed for media, the account's credentials
+    go to the RecordingUrl's origin for the media only; the Calls resource and the deletion of
+    Twilio's copy go to twilio_api_base (which need not be in media_hosts)."""
+    fake_twilio_class = type(fake_twilio)  # conftest's FakeTwilio: two more, each with a request log
+    media_fake, api_fake = fake_twilio_class(), fake_twilio_class()
+    media_server, media_seen = await start(media_fake.app())
+    api_server, api_seen = await start(api_fake.app())
+    try:
+        media_fake.base, api_fake.base = origin(media_server), origin(api_server)
+        cfg = app_config(
+            ingest={"media_hosts": [media_fake.base.removeprefix("http://")]},
+            tenants={"acme": {**ACME, "twilio_api_base": api_fake.base, "delete_provider_copy": True}},
+        )
+        client = await aiohttp_client(create_app(cfg, run_workers=False))
+        rsid, csid = "RE" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
+        audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
+        media_fake.media[rsid] = audio
+        api_fake.media[rsid] = audio  # Twilio's copy, for the deletion to find
+        form = completed(media_fake.recording_url(rsid), rsid=rsid, csid=csid)
+        path, headers = signed(form)
+        assert (await client.post(path, data=form, headers=headers)).status == 202
+
+        for _ in range(5):
+            if not await client.app[worker_key].run_once():
+                break
+
+        states = [(j["kind"], j["state"]) for j in await job_rows(client)]
+        assert states == [("ingest.twilio", "done"), ("provider.delete_copy", "done")], states
+        account = f"/2010-04-01/Accounts/{TWILIO_SID}"
+        assert [(m, p) for m, p, _ in media_seen.requests] == [("GET", f"{account}/Recordings/{rsid}")]
+        assert [(m, p) for m, p, _ in api_seen.requests] == [
+            ("GET", f"{account}/Calls/{csid}.json"),
+            ("DELETE", f"{account}/Recordings/{rsid}.json"),
+        ]
+        assert all(auth for _, _, auth in media_seen.requests + api_seen.requests)  # the fakes check it
+        assert api_fake.deleted == [rsid] and api_fake.media_requests == 0
+        async with client.app[db_key].acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM recordings") == 1
+    finally:
+        await media_server.close()
+        await api_server.close()
+
+
+async def test_a_redirect_from_an_allowed_host_is_not_followed(
+    aiohttp_client: Any, app_config: Any, fake_twilio: Any, trap: tuple[str, Seen]
+) -> None:
+    """The URL checked is the URL fetched: a 3xx to another port is a failed download."""
+    base, seen = trap
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"{base}/latest/meta-data/iam")
+
+    app = web.Application()
+    app.router.add_get("/2010-04-01/Accounts/{account}/Recordings/{sid}", moved)
+    server, _ = await start(app)
+    try:
+        media = origin(server)
+        cfg = app_config(
+            ingest={"media_hosts": [media.removeprefix("http://")]},
+            tenants={"acme": {**ACME, "twilio_api_base": fake_twilio.base}},
+        )
+        client = await aiohttp_client(create_app(cfg, run_workers=False))
+        rsid = "RE" + uuid.uuid4().hex
+        form = completed(f"{media}/2010-04-01/Accounts/{TWILIO_SID}/Recordings/{rsid}", rsid=rsid)
+        path, headers = signed(form)
+        assert (await client.post(path, data=form, headers=headers)).status == 202
+
+        assert await client.app[worker_key].run_once()
+
+        [job] = await job_rows(client)
+        assert job["state"] == "queued" and "HTTP 302" in job["last_error"]
+        assert seen.requests == []
+    finally:
+        await server.close()

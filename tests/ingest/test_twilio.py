@@ -397,6 +397,7 @@ async def test_provider_copy_is_deleted_when_configured(
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
                 "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_api_base": fake_twilio.base,
                 "delete_provider_copy": True,
             }
         }

@@ -141,6 +141,7 @@ async def client(aiohttp_client: Any, app_config: Any, providers: tuple[FakeProv
                 "vonage_signature_secret": VONAGE_SECRET,
                 "vonage_application_id": VONAGE_APP,
                 "vonage_private_key_path": str(pem),
+                "vonage_api_base": fake.base,
                 "plivo_auth_id": PLIVO_ID,
                 "plivo_auth_token": PLIVO_TOKEN,
                 "plivo_api_base": fake.base,

@@ -29,6 +29,7 @@ def worker_env(tmp_path: Path, database_url: str, twilio_base: str) -> dict[str,
             "CALLREC_INGEST__WORKERS": "2",
             "CALLREC_TENANTS__ACME__TWILIO_ACCOUNT_SID": TWILIO_SID,
             "CALLREC_TENANTS__ACME__TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "CALLREC_TENANTS__ACME__TWILIO_API_BASE": twilio_base,
             "CALLREC_TENANTS__OTHER__RETENTION": "90d",
         }
     )

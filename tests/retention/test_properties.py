@@ -856,6 +856,7 @@ def _config(data_dir: Path, database_url: str, storage: dict[str, Any], twilio_b
                 TENANT: {
                     "twilio_account_sid": TWILIO_SID,
                     "twilio_auth_token": TWILIO_TOKEN,
+                    "twilio_api_base": twilio_base,
                     "webhook_secret": "pbx-shared-secret-for-tests",
                     "retention": "90d",
                 },

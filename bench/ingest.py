@@ -196,7 +196,11 @@ def form_headers(signature: str) -> dict[str, str]:
     return {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature}
 
 
-def bench_config(data_dir: Path, database_url: str, *, workers: int = 2) -> Config:
+ACKS_MEDIA_BASE = "http://127.0.0.1:9"  # named in the acks phase's callbacks, never fetched: workers are off
+
+
+def bench_config(data_dir: Path, database_url: str, *, twilio_base: str, workers: int = 2) -> Config:
+    """``twilio_base``: the fake Twilio serving media and the Calls API (media_hosts match ports)."""
     return config_from_mapping(
         {
             "data_dir": str(data_dir),
@@ -205,8 +209,14 @@ def bench_config(data_dir: Path, database_url: str, *, workers: int = 2) -> Conf
             "database": {"url": database_url},
             "storage": {"backend": "filesystem", "path": str(data_dir / "objects")},
             "keys": {"provider": "local", "path": str(data_dir / "keyring.json")},
-            "ingest": {"media_hosts": ["127.0.0.1"], "workers": workers},
-            "tenants": {TENANT: {"twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN}},
+            "ingest": {"media_hosts": [twilio_base.removeprefix("http://")], "workers": workers},
+            "tenants": {
+                TENANT: {
+                    "twilio_account_sid": ACCOUNT_SID,
+                    "twilio_auth_token": AUTH_TOKEN,
+                    "twilio_api_base": twilio_base,
+                }
+            },
         }
     )
 
@@ -534,7 +544,7 @@ async def rss_role(spec: dict[str, Any]) -> None:
     from callrec.app import create_app, worker_key
     from callrec.appkeys import db_key
 
-    config = bench_config(Path(spec["data_dir"]), spec["database_url"])
+    config = bench_config(Path(spec["data_dir"]), spec["database_url"], twilio_base=spec["media_base"])
     app = create_app(config, run_workers=False)
     runner, port = await serve(app)
     tracker: StepTracker | None = None
@@ -674,7 +684,7 @@ async def ack_run(
 
     spec = {
         "url": f"http://127.0.0.1:{port}",
-        "media_base": "http://127.0.0.1:9",  # never fetched: workers are off
+        "media_base": ACKS_MEDIA_BASE,
         "sid_prefix": f"{round_no:02x}",
         "warmup": s.ack_warmup,
         "count": s.ack_count,
@@ -716,7 +726,7 @@ async def phase_acks(s: Settings, root_url: str, pgdata: Path, tmp: Path) -> dic
 
     say("phase 1: webhook acks (callrec vs bare aiohttp)")
     url = await create_database(root_url, "bench_acks")
-    config = bench_config(tmp / "acks", url)
+    config = bench_config(tmp / "acks", url, twilio_base=ACKS_MEDIA_BASE)
     callrec_runner, callrec_port = await serve(create_app(config, run_workers=False))
     bare_runner, bare_port = await serve(await bare_app())
     runs: dict[str, list[dict[str, Any]]] = {"bare": [], "callrec": []}
@@ -800,7 +810,9 @@ async def phase_e2e(s: Settings, root_url: str, pgdata: Path, tmp: Path) -> dict
     async with FakeTwilioProcess(media, max_seconds=HARD_LIMIT_S) as fake:
         for concurrency in s.e2e_concurrencies:
             url = await create_database(root_url, f"bench_e2e_c{concurrency}")
-            config = bench_config(tmp / f"e2e-c{concurrency}", url, workers=concurrency)
+            config = bench_config(
+                tmp / f"e2e-c{concurrency}", url, twilio_base=fake.base, workers=concurrency
+            )
             app = create_app(config, run_workers=False)
             runner, port = await serve(app)
             watcher = await asyncpg.connect(url)

@@ -7,10 +7,11 @@ retention period or a webhook secret must never be silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -19,9 +20,13 @@ from typing import Any
 ENV_PREFIX = "CALLREC_"
 DEFAULT_TENANT = "default"
 
-# Hosts that serve recording media for the providers we support. Twilio serves
-# RecordingUrl from api.twilio.com; Vonage from api.nexmo.com / api.vonage.com (and
-# regional api-*.vonage.com); Plivo from media.plivo.com.
+# Hosts that serve recording media for the providers we support, on the default https port.
+# Twilio serves RecordingUrl from api.twilio.com. Vonage serves recording_url from api.nexmo.com
+# or api.vonage.com, or from the regional host that handled the call: the geo hosts
+# api-us/-eu/-ap.vonage.com and their data centres api-us-3 (Virginia), api-us-4 (Oregon),
+# api-eu-3 (Dublin), api-eu-4 (Frankfurt), api-ap-3 (Singapore), api-ap-4 (Sydney)
+# (https://developer.vonage.com/en/voice/voice-api/concepts/regions). Plivo serves RecordUrl
+# from media.plivo.com (api.plivo.com kept for older recordings).
 DEFAULT_MEDIA_HOSTS = (
     "api.twilio.com",
     "api.nexmo.com",
@@ -29,9 +34,20 @@ DEFAULT_MEDIA_HOSTS = (
     "api-us.vonage.com",
     "api-eu.vonage.com",
     "api-ap.vonage.com",
+    "api-us-3.vonage.com",
+    "api-us-4.vonage.com",
+    "api-eu-3.vonage.com",
+    "api-eu-4.vonage.com",
+    "api-ap-3.vonage.com",
+    "api-ap-4.vonage.com",
     "media.plivo.com",
     "api.plivo.com",
 )
+# Provider API origins: call look-ups and provider-copy deletions go here, with the tenant's
+# credentials, and never to an origin named in a callback.
+DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
+DEFAULT_VONAGE_API_BASE = "https://api.nexmo.com"
+DEFAULT_PLIVO_API_BASE = "https://api.plivo.com"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -50,6 +66,156 @@ def parse_duration(value: object, *, key: str) -> timedelta:
     if not match or int(match.group(1)) <= 0:
         raise ConfigError(f"{key}: expected a positive duration with unit s, m, h or d, got {value!r}")
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+# --- host allow-lists ----------------------------------------------------------------------
+
+DEFAULT_PORTS = {"https": 443, "http": 80}
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def _ip_or_none(host: str) -> str | None:
+    """The canonical spelling of an IP literal (``0:0::1`` is ``::1``), or None for a name."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return None
+
+
+def _host_entry(key: str, entry: object) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[v6]``/``[v6]:port`` → (host, port or None), else ConfigError."""
+    expected = "expected host or host:port (an IPv6 literal in brackets: [::1]:8443)"
+    if not isinstance(entry, str):
+        raise ConfigError(f"{key}: {expected}, got {entry!r}")
+    problem = None
+    if not entry:
+        problem = "is empty"
+    elif any(c.isspace() or not c.isprintable() for c in entry):
+        problem = "contains whitespace or control characters"
+    elif "://" in entry:
+        problem = "has a scheme"
+    elif "@" in entry:
+        problem = "has user info"
+    elif "/" in entry or "\\" in entry:
+        problem = "has a path"
+    elif "?" in entry or "#" in entry:
+        problem = "has a query or fragment"
+    if problem:
+        raise ConfigError(f"{key}: {entry!r} {problem}; {expected}")
+    if entry.startswith("["):
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(.*))?", entry)
+        try:
+            host = ipaddress.IPv6Address(match.group(1)).compressed if match else None
+        except ValueError:
+            host = None
+        if host is None or match is None:
+            raise ConfigError(f"{key}: {entry!r} is not a bracketed IPv6 literal; {expected}")
+        port_text = match.group(2)
+    else:
+        host, colon, port_text_or_empty = entry.partition(":")
+        if ":" in port_text_or_empty:
+            raise ConfigError(f"{key}: {entry!r}: an IPv6 literal must be in brackets; {expected}")
+        port_text = port_text_or_empty if colon else None
+        host = host.lower()
+        ip = _ip_or_none(host)
+        if ip is not None:
+            host = ip
+        elif not _HOSTNAME.match(host) or len(host) > 253 or host.rpartition(".")[2].isdigit():
+            # An all-digit last label is no DNS name: "127.1" or "2130706433" would reach an IP
+            # address through the resolver while looking like something else.
+            raise ConfigError(f"{key}: {entry!r} is not a host name or IP address; {expected}")
+    if port_text is None:
+        return host, None
+    if not _PORT.match(port_text) or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{key}: {entry!r} needs a port from 1 to 65535 after the colon; {expected}")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class HostAllowList:
+    """The hosts and ports callrec may contact on a provider's or a client's say-so, parsed once
+    at load: ``[ingest] media_hosts`` and each tenant's ``callback_hosts``.
+
+    An entry ``host`` allows that host on the default port of the URL's scheme only (443 for
+    https, 80 for http); ``host:port`` allows that port only, with either scheme. Hosts match
+    case-insensitively (IP literals by value), ports exactly. Iterating yields the entries in
+    their canonical spelling. :func:`callrec.ingest.media.check_media_url` applies it.
+    """
+
+    key: str = ""
+    entries: tuple[str, ...] = ()
+    default_port_hosts: frozenset[str] = frozenset()
+    host_ports: frozenset[tuple[str, int]] = frozenset()
+
+    @classmethod
+    def parse(cls, values: Iterable[object], *, key: str) -> HostAllowList:
+        """Raises :class:`ConfigError` naming ``key`` for anything but ``host`` or ``host:port``."""
+        entries: list[str] = []
+        bare: set[str] = set()
+        with_port: set[tuple[str, int]] = set()
+        for value in values:
+            host, port = _host_entry(key, value)
+            shown = f"[{host}]" if ":" in host else host
+            if port is None:
+                bare.add(host)
+                entries.append(shown)
+            else:
+                with_port.add((host, port))
+                entries.append(f"{shown}:{port}")
+        return cls(key, tuple(dict.fromkeys(entries)), frozenset(bare), frozenset(with_port))
+
+    def allows(self, *, scheme: str, host: str, port: int | None) -> bool:
+        """Whether ``scheme://host:port`` may be contacted (``port`` None: the scheme's default)."""
+        default = DEFAULT_PORTS.get(scheme)
+        if default is None:
+            return False
+        name = _ip_or_none(host) or host.lower()
+        effective = default if port is None else port
+        if (name, effective) in self.host_ports:
+            return True
+        return effective == default and name in self.default_port_hosts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+_DEFAULT_MEDIA_ALLOW_LIST = HostAllowList.parse(DEFAULT_MEDIA_HOSTS, key="ingest.media_hosts")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP literal: the only hosts plain http may reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_base(key: str, value: object) -> str:
+    """A provider API origin, ``https://host[:port]`` with nothing after it (a trailing ``/`` is
+    dropped); plain http only for a loopback host (a local fake provider in tests). The host part
+    follows the allow-list grammar. Raises :class:`ConfigError` naming ``key``."""
+    expected = "expected an origin such as https://api.example.com (plain http only for a loopback host)"
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: {expected}, got {value!r}")
+    scheme, separator, rest = value.partition("://")
+    scheme = scheme.lower()
+    try:
+        if not separator or scheme not in DEFAULT_PORTS:
+            raise ConfigError("no http(s) scheme")
+        host, port = _host_entry(key, rest[:-1] if rest.endswith("/") else rest)
+    except ConfigError:
+        raise ConfigError(f"{key}: {expected}, got {value!r}") from None
+    if scheme == "http" and not is_loopback(host):
+        raise ConfigError(f"{key}: {expected}, got {value!r}")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}" + ("" if port is None else f":{port}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +256,8 @@ class KeysConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    media_hosts: tuple[str, ...] = DEFAULT_MEDIA_HOSTS
+    # Where recording media may be fetched from: host (default port) or host:port entries.
+    media_hosts: HostAllowList = _DEFAULT_MEDIA_ALLOW_LIST
     max_media_mb: int = 512
     fetch_timeout: timedelta = timedelta(minutes=5)
     max_attempts: int = 8
@@ -159,6 +326,8 @@ class TenantConfig:
     retention: timedelta = timedelta(days=90)
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
+    # Twilio's REST API for call look-ups and deletions (a Twilio region: its own origin).
+    twilio_api_base: str = DEFAULT_TWILIO_API_BASE
     webhook_secret: str = ""
     delete_provider_copy: bool = False
     # Vonage signed webhooks (HS256 signature secret) and the application whose key fetches media.
@@ -166,11 +335,13 @@ class TenantConfig:
     vonage_api_key: str = ""
     vonage_application_id: str = ""
     vonage_private_key_path: str = ""
+    vonage_api_base: str = DEFAULT_VONAGE_API_BASE
     plivo_auth_id: str = ""
     plivo_auth_token: str = ""
-    plivo_api_base: str = "https://api.plivo.com"
-    # Hosts deletion-request callback_urls may point at (no SSRF: nothing else is ever called).
-    callback_hosts: tuple[str, ...] = ()
+    plivo_api_base: str = DEFAULT_PLIVO_API_BASE
+    # Hosts deletion-request callback_urls may point at (no SSRF: nothing else is ever called);
+    # the same host / host:port entries as [ingest] media_hosts.
+    callback_hosts: HostAllowList = HostAllowList()
     # How long a deletion request may take: GDPR Art. 12(3) one month; CCPA 45 days.
     deletion_due: timedelta = timedelta(days=30)
     deletion_due_ccpa: timedelta = timedelta(days=45)
@@ -251,12 +422,10 @@ def _coerce(key: str, value: object, default: object) -> object:
         return out
     if isinstance(default, timedelta):
         return parse_duration(value, key=key)
+    if isinstance(default, HostAllowList):
+        return HostAllowList.parse(_strings(key, value), key=key)
     if isinstance(default, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-        return tuple(value)
+        return _strings(key, value)
     if isinstance(default, Path):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a path, got {value!r}")
@@ -267,6 +436,15 @@ def _coerce(key: str, value: object, default: object) -> object:
     if allowed is not None and value not in allowed:
         raise ConfigError(f"{key}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
     return value
+
+
+def _strings(key: str, value: object) -> tuple[str, ...]:
+    """A TOML list of strings, or the environment's comma-separated form."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    return tuple(value)
 
 
 def _build(cls: type[Any], section: str, raw: Mapping[str, object], **extra: object) -> Any:
@@ -362,8 +540,16 @@ def _tenant(name: str, body: Mapping[str, Any]) -> TenantConfig:
             f"{key}.oidc: a tenant named 'callback' cannot use single sign-on (its path is taken)"
         )
     tenant: TenantConfig = _build(TenantConfig, key, plain, name=name, announcements=announcements, oidc=oidc)
+    if "callback_hosts" not in plain:  # an empty list names this tenant's key when it refuses
+        tenant = replace(tenant, callback_hosts=HostAllowList(key=f"{key}.callback_hosts"))
     policy = policy_config_from_mapping(policy_raw, key=f"{key}.policy", tenant_retention=tenant.retention)
-    return replace(tenant, policy=policy)
+    return replace(
+        tenant,
+        policy=policy,
+        twilio_api_base=api_base(f"{key}.twilio_api_base", tenant.twilio_api_base),
+        vonage_api_base=api_base(f"{key}.vonage_api_base", tenant.vonage_api_base),
+        plivo_api_base=api_base(f"{key}.plivo_api_base", tenant.plivo_api_base),
+    )
 
 
 # Plain http only for an identity provider on this machine (tests, a local development IdP).

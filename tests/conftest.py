@@ -222,19 +222,21 @@ async def fake_twilio() -> AsyncIterator[FakeTwilio]:
         await server.close()
 
 
-def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
-    """A test config: real database, filesystem store under tmp_path, a tenant with secrets."""
+def make_config(tmp_path: Path, database_url: str, twilio_base: str, **sections: Any) -> Any:
+    """A test config: real database, filesystem store under tmp_path, a tenant with secrets.
+    Media may come from the fake Twilio (``twilio_base``), which also serves Twilio's API."""
     from callrec.config import config_from_mapping
 
     raw: dict[str, Any] = {
         "data_dir": str(tmp_path / "data"),
         "server": {"public_base_url": PUBLIC_BASE},
         "database": {"url": database_url},
-        "ingest": {"media_hosts": ["127.0.0.1"], "retry_base": "1s"},
+        "ingest": {"media_hosts": [twilio_base.removeprefix("http://")], "retry_base": "1s"},
         "tenants": {
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
                 "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_api_base": twilio_base,
                 "webhook_secret": WEBHOOK_SECRET,
                 "retention": "90d",
                 "announcements": {
@@ -248,6 +250,7 @@ def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
             "other": {
                 "twilio_account_sid": "AC" + "f" * 32,
                 "twilio_auth_token": "other-token",
+                "twilio_api_base": twilio_base,
                 "webhook_secret": "other-secret",
             },
         },
@@ -261,14 +264,14 @@ def make_config(tmp_path: Path, database_url: str, **sections: Any) -> Any:
 
 
 @pytest.fixture
-def app_config(tmp_path: Path, database_url: str) -> Any:
+def app_config(tmp_path: Path, database_url: str, fake_twilio: FakeTwilio) -> Any:
     """Build a config with some sections replaced: ``app_config(storage={...})``."""
-    return lambda **sections: make_config(tmp_path, database_url, **sections)
+    return lambda **sections: make_config(tmp_path, database_url, fake_twilio.base, **sections)
 
 
 @pytest.fixture
-def config(tmp_path: Path, database_url: str) -> Any:
-    return make_config(tmp_path, database_url)
+def config(tmp_path: Path, database_url: str, fake_twilio: FakeTwilio) -> Any:
+    return make_config(tmp_path, database_url, fake_twilio.base)
 
 
 @pytest.fixture

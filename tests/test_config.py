@@ -52,7 +52,7 @@ def test_file_and_environment_overrides(tmp_path: Path) -> None:
     assert cfg.data_dir == Path("/srv/callrec")
     assert cfg.tenants["acme"].retention == timedelta(days=30)
     assert cfg.tenants["acme"].delete_provider_copy is True
-    assert cfg.ingest.media_hosts == ("api.twilio.com", "127.0.0.1")
+    assert cfg.ingest.media_hosts.entries == ("api.twilio.com", "127.0.0.1")
     assert list(cfg.tenants) == ["acme"]
 
 
@@ -121,3 +121,105 @@ def test_example_config_documents_every_key() -> None:
         assert f"{name} =" in text or f"policy.{name}]" in text, (
             f"tenants.<name>.policy.{name} is not documented"
         )
+
+
+# --- media_hosts, callback_hosts and the provider API bases (issue 9, defect 4) ------------------
+
+MALFORMED_HOST_ENTRIES = [
+    "https://api.twilio.com",  # a scheme
+    "api.twilio.com/2010-04-01",  # a path
+    "api.twilio.com?x=1",  # a query
+    "user@api.twilio.com",  # user info
+    "api.twilio.com:",  # an empty port
+    "api.twilio.com:0",  # out of range
+    "api.twilio.com:65536",
+    "api.twilio.com:https",
+    " api.twilio.com",  # whitespace
+    "api.twilio.com ",
+    "api twilio.com",
+    "",
+    "::1",  # IPv6 without brackets
+    "[::1]:",
+    "[not-v6]:8443",
+    "127.1",  # an IP address in disguise
+    "api_twilio.com",
+]
+
+
+@pytest.mark.parametrize("entry", MALFORMED_HOST_ENTRIES)
+def test_malformed_media_host_stops_start_up_naming_the_key(entry: str) -> None:
+    with pytest.raises(ConfigError, match=r"^ingest\.media_hosts: "):
+        config_from_mapping({"ingest": {"media_hosts": ["api.twilio.com", entry]}})
+
+
+# In the environment's comma-separated form, spaces around an entry separate it from the next.
+@pytest.mark.parametrize("entry", [e for e in MALFORMED_HOST_ENTRIES if e and e == e.strip()])
+def test_malformed_media_host_in_the_environment_names_the_key(entry: str) -> None:
+    with pytest.raises(ConfigError, match=r"^ingest\.media_hosts: "):
+        load_config(None, environ={"CALLREC_INGEST__MEDIA_HOSTS": f"api.twilio.com,{entry}"})
+
+
+def test_media_hosts_from_the_environment_keep_their_ports() -> None:
+    cfg = load_config(None, environ={"CALLREC_INGEST__MEDIA_HOSTS": "API.Twilio.com, 127.0.0.1:8443,[::1]:9"})
+    hosts = cfg.ingest.media_hosts
+    assert hosts.entries == ("api.twilio.com", "127.0.0.1:8443", "[::1]:9")
+    assert hosts.allows(scheme="https", host="api.twilio.com", port=443)
+    assert not hosts.allows(scheme="https", host="api.twilio.com", port=8443)
+    assert hosts.allows(scheme="http", host="127.0.0.1", port=8443)
+    assert not hosts.allows(scheme="http", host="127.0.0.1", port=80)
+    assert hosts.allows(scheme="http", host="0:0::1", port=9)
+
+
+def test_a_bare_host_allows_only_the_schemes_default_port() -> None:
+    hosts = config_from_mapping({"ingest": {"media_hosts": ["media.example.com"]}}).ingest.media_hosts
+    assert hosts.allows(scheme="https", host="MEDIA.example.com", port=None)
+    assert hosts.allows(scheme="https", host="media.example.com", port=443)
+    assert hosts.allows(scheme="http", host="media.example.com", port=80)
+    assert not hosts.allows(scheme="http", host="media.example.com", port=443)
+    assert not hosts.allows(scheme="https", host="media.example.com", port=18103)
+    assert not hosts.allows(scheme="https", host="other.example.com", port=443)
+
+
+def test_malformed_callback_host_names_the_tenants_key() -> None:
+    with pytest.raises(ConfigError, match=r"^tenants\.acme\.callback_hosts: "):
+        config_from_mapping({"tenants": {"acme": {"callback_hosts": ["https://hooks.example.com/dsr"]}}})
+
+
+def test_api_bases_default_to_the_providers_and_are_origins() -> None:
+    tenant = config_from_mapping(
+        {"tenants": {"acme": {"twilio_api_base": "https://API.dublin.ie1.twilio.com/"}}}
+    )
+    acme = tenant.tenants["acme"]
+    assert acme.twilio_api_base == "https://api.dublin.ie1.twilio.com"
+    assert acme.vonage_api_base == "https://api.nexmo.com"
+    assert acme.plivo_api_base == "https://api.plivo.com"
+    assert config_from_mapping({}).tenants["default"].twilio_api_base == "https://api.twilio.com"
+
+
+@pytest.mark.parametrize("name", ["twilio_api_base", "vonage_api_base", "plivo_api_base"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://api.example.com/2010-04-01",  # a path
+        "https://api.example.com?x=1",
+        "https://user:pw@api.example.com",
+        "http://api.example.com",  # plain http off loopback
+        "api.example.com",
+        "https://api.example.com:",
+        "",
+    ],
+)
+def test_malformed_api_base_stops_start_up_naming_the_key(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^tenants\.acme\.{name}: "):
+        config_from_mapping({"tenants": {"acme": {name: value}}})
+
+
+def test_cli_start_up_stops_on_a_malformed_media_host(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from callrec.cli import main
+
+    monkeypatch.delenv("CALLREC_CONFIG", raising=False)
+    monkeypatch.setenv("CALLREC_INGEST__MEDIA_HOSTS", "api.twilio.com,127.0.0.1:")
+    assert main(["migrate"]) == 2  # before any database is touched
+    assert "ingest.media_hosts" in capsys.readouterr().err

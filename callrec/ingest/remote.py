@@ -2,6 +2,11 @@
 the media download, and how to delete the provider's copy. One small client per provider behind
 :class:`RemoteProvider`; the worker's ingest path is the same for all of them.
 
+Where credentials go: API requests (parties, deletion) are built only from the tenant's
+configured ``*_api_base``; the only URL taken from a callback is the media URL, which the worker
+fetches only after :func:`callrec.ingest.media.check_media_url` found its host and port in
+``[ingest] media_hosts``.
+
 Parties are always read from the provider's API by the worker, never carried in a job payload,
 so no phone number is ever stored in clear in the queue.
 """
@@ -54,7 +59,7 @@ class Twilio:
         }
 
     def parties_request(self, payload: dict[str, Any], tenant: TenantConfig) -> Request:
-        url = twilio.call_url(payload["media_url"], payload["account_sid"], payload["call_id"])
+        url = twilio.call_url(payload["account_sid"], payload["call_id"], api_base=tenant.twilio_api_base)
         return Request(url, self._auth(tenant))
 
     def parties(self, body: Any) -> tuple[str | None, str | None, str | None, datetime | None]:
@@ -71,7 +76,7 @@ class Twilio:
 
     def delete_request(self, payload: dict[str, Any], tenant: TenantConfig) -> Request | None:
         url = twilio.recording_resource_url(
-            payload["media_url"], payload["account_sid"], payload["provider_recording_id"]
+            payload["account_sid"], payload["provider_recording_id"], api_base=tenant.twilio_api_base
         )
         return Request(url, self._auth(tenant))
 
@@ -93,8 +98,8 @@ class Vonage:
         return vonage.auth_headers(tenant.vonage_application_id, key)
 
     def parties_request(self, payload: dict[str, Any], tenant: TenantConfig) -> Request:
-        base = vonage.api_origin(payload["media_url"])
-        return Request(vonage.call_lookup_url(payload["call_id"], api_base=base), self._auth(tenant))
+        url = vonage.call_lookup_url(payload["call_id"], api_base=tenant.vonage_api_base)
+        return Request(url, self._auth(tenant))
 
     def parties(self, body: Any) -> tuple[str | None, str | None, str | None, datetime | None]:
         caller, callee = vonage.parties_from_calls(body)

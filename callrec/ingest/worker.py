@@ -54,7 +54,7 @@ from callrec.consent.policy import Decision, PolicyInput, Reason, decide
 from callrec.consent.redaction import RedactionError, Span, merge, redact_file, spans_from_events
 from callrec.crypto import envelope
 from callrec.db import Conn, announcements, audit, deletions, events, holds, jobs, recordings
-from callrec.errors import CallrecError
+from callrec.errors import BadRequest, CallrecError
 from callrec.ingest.media import MediaError, check_media_url, download
 from callrec.ingest.remote import PROVIDERS
 from callrec.ingest.tags import Tags
@@ -443,7 +443,10 @@ class Worker:
         provider = PROVIDERS[p["provider"]]
         if not provider.configured(tenant):
             raise PermanentError(f"tenant {tenant.name!r} has no {provider.name} credentials configured")
-        check_media_url(p["media_url"], self.config.ingest.media_hosts)
+        try:
+            check_media_url(p["media_url"], self.config.ingest.media_hosts)
+        except BadRequest as exc:  # queued before the allow-list changed: retrying cannot help
+            raise PermanentError(exc.message) from None
         timeout = aiohttp.ClientTimeout(
             total=self.config.ingest.fetch_timeout.total_seconds(), sock_connect=15
         )
@@ -825,7 +828,7 @@ class Worker:
         request = provider.delete_request(p, tenant)
         if request is None:
             raise PermanentError(f"{provider.name} offers no API to delete a recording")
-        url = check_media_url(request.url, self.config.ingest.media_hosts)
+        url = request.url  # built from the tenant's configured API base, never from the callback
         async with self.http.delete(
             url, headers=request.headers, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
         ) as resp:
@@ -966,7 +969,7 @@ class Worker:
     async def _get_json(
         self, url: str, auth: dict[str, str], timeout: aiohttp.ClientTimeout
     ) -> dict[str, Any]:
-        check_media_url(url, self.config.ingest.media_hosts)
+        # url is built from the tenant's configured API base, never from the callback.
         async with self.http.get(url, headers=auth, timeout=timeout, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise MediaError(f"the provider's Calls resource answered HTTP {resp.status}")

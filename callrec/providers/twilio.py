@@ -5,6 +5,10 @@ HMAC-SHA1 keyed with the account's auth token, over the full URL Twilio requeste
 host, path, query) followed by every POST parameter sorted by name, each as name + value.
 Twilio may have signed the URL with or without an explicit default port (:443 / :80), so,
 like Twilio's own validator, both spellings are accepted.
+
+REST API (https://www.twilio.com/docs/voice/api/call-resource, .../recording): HTTP Basic with
+the Account SID and auth token, under ``https://api.twilio.com/2010-04-01/Accounts/{sid}/``
+(a Twilio region has its own origin: the tenant's ``twilio_api_base``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
+
+DEFAULT_API_BASE = "https://api.twilio.com"
 
 RECORDING_FIELDS = (
     "AccountSid",
@@ -63,15 +69,21 @@ def signature_valid(url: str, params: list[tuple[str, str]], signature: str, aut
     return ok
 
 
-def api_origin(recording_url: str) -> str:
-    """Twilio's REST API lives on the same origin that serves RecordingUrl."""
-    parts = urlsplit(recording_url)
-    return f"{parts.scheme}://{parts.netloc}"
+def _account_base(account_sid: str, api_base: str) -> str:
+    """``<api_base>/2010-04-01/Accounts/<sid>``. ``api_base`` is the tenant's configured
+    ``twilio_api_base`` (a Twilio region has its own origin), never the RecordingUrl's origin:
+    the request carries the account's credentials, and a callback must not choose where they go."""
+    parts = urlsplit(api_base)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"not an API origin: {api_base!r}")
+    return f"{parts.scheme}://{parts.netloc}/2010-04-01/Accounts/{quote(account_sid, safe='')}"
 
 
-def call_url(recording_url: str, account_sid: str, call_sid: str) -> str:
-    return f"{api_origin(recording_url)}/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json"
+def call_url(account_sid: str, call_sid: str, *, api_base: str = DEFAULT_API_BASE) -> str:
+    """``GET`` this (Basic auth) for the Call resource: ``from``, ``to``, ``direction``, ``start_time``."""
+    return f"{_account_base(account_sid, api_base)}/Calls/{quote(call_sid, safe='')}.json"
 
 
-def recording_resource_url(recording_url: str, account_sid: str, recording_sid: str) -> str:
-    return f"{api_origin(recording_url)}/2010-04-01/Accounts/{account_sid}/Recordings/{recording_sid}.json"
+def recording_resource_url(account_sid: str, recording_sid: str, *, api_base: str = DEFAULT_API_BASE) -> str:
+    """``DELETE`` this (Basic auth) to delete Twilio's copy of a recording."""
+    return f"{_account_base(account_sid, api_base)}/Recordings/{quote(recording_sid, safe='')}.json"

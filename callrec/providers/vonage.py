@@ -17,6 +17,11 @@ The ``record`` event (https://developer.vonage.com/en/voice/voice-api/webhook-re
 and ``timestamp``. It carries no phone numbers: they come from the Calls resource
 (https://developer.vonage.com/en/api/voice, ``GET /v1/calls?conversation_uuid=...``).
 
+API calls go to the tenant's configured ``vonage_api_base`` (default ``https://api.nexmo.com``,
+Vonage's global endpoint; an application pinned to a region can name that region's origin, such
+as ``https://api-eu-3.vonage.com``), never to the origin of a webhook's ``recording_url``: the
+request carries the application's JWT, and a webhook must not choose where it goes.
+
 Media and API calls are authenticated with an *application* JWT
 (https://developer.vonage.com/en/getting-started/concepts/authentication#json-web-tokens): RS256,
 signed with the application's private key, claims ``application_id``, ``iat``, ``jti`` and ``exp``.
@@ -372,12 +377,6 @@ def _base(api_base: str) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
         raise ValueError(f"not an API origin: {api_base!r}")
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def api_origin(recording_url: str) -> str:
-    """The origin that served ``recording_url`` (the regional Vonage API host the call lived on)."""
-    parts = urlsplit(recording_url)
-    return _base(f"{parts.scheme}://{parts.netloc}")
 
 
 def call_lookup_url(conversation_uuid: str, *, api_base: str = DEFAULT_API_BASE) -> str:

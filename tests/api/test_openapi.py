@@ -58,12 +58,13 @@ def build_app(config: Any) -> Any:
 
 
 @pytest.fixture
-def api_config(app_config: Any) -> Any:
+def api_config(app_config: Any, fake_twilio: Any) -> Any:
     return app_config(
         tenants={
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
                 "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_api_base": fake_twilio.base,
                 "webhook_secret": "pbx-shared-secret-for-tests",
                 "callback_hosts": ["127.0.0.1"],
             },

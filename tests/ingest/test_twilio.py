@@ -397,6 +397,7 @@ async def test_provider_copy_is_deleted_when_configured(
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
                 "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_api_base": fake_twilio.base,
                 "delete_provider_copy": True,
             }
         }
@@ -427,7 +428,7 @@ async def test_oversized_media_is_dead_with_the_limit_named(
 ) -> None:
     from callrec.app import create_app
 
-    cfg = app_config(ingest={"media_hosts": ["127.0.0.1"], "max_media_mb": 1})
+    cfg = app_config(ingest={"max_media_mb": 1})
     client = await aiohttp_client(create_app(cfg, run_workers=False))
     sid = rec_sid()
     fake_twilio.media[sid] = b"\0" * (2 * 1024 * 1024)

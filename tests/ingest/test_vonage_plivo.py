@@ -134,18 +134,20 @@ async def providers(tmp_path: Path) -> AsyncIterator[tuple[FakeProviders, Path]]
 async def client(aiohttp_client: Any, app_config: Any, providers: tuple[FakeProviders, Path]) -> Any:
     fake, pem = providers
     cfg = app_config(
+        ingest={"media_hosts": [fake.base.removeprefix("http://")]},
         tenants={
             "acme": {
                 "webhook_secret": "pbx-shared-secret-for-tests",
                 "vonage_signature_secret": VONAGE_SECRET,
                 "vonage_application_id": VONAGE_APP,
                 "vonage_private_key_path": str(pem),
+                "vonage_api_base": fake.base,
                 "plivo_auth_id": PLIVO_ID,
                 "plivo_auth_token": PLIVO_TOKEN,
                 "plivo_api_base": fake.base,
                 "policy": {"default_basis": "contract"},
             }
-        }
+        },
     )
     return await aiohttp_client(create_app(cfg, run_workers=False))
 

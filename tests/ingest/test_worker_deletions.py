@@ -31,7 +31,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, app_config: Any, moto_endpoint: str, backend: str) -> Any:
+async def client(
+    aiohttp_client: Any, app_config: Any, fake_twilio: Any, moto_endpoint: str, backend: str
+) -> Any:
     storage: dict[str, Any] = {}
     if backend == "s3":
         bucket = f"callrec-{uuid.uuid4().hex[:12]}"
@@ -44,6 +46,7 @@ async def client(aiohttp_client: Any, app_config: Any, moto_endpoint: str, backe
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
                 "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_api_base": fake_twilio.base,
                 "webhook_secret": "pbx-shared-secret-for-tests",
             },
         },

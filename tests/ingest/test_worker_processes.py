@@ -21,16 +21,17 @@ TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
 
 
-def worker_env(tmp_path: Path, database_url: str) -> dict[str, str]:
+def worker_env(tmp_path: Path, database_url: str, twilio_base: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_")}
     env.update(
         {
             "CALLREC_DATA_DIR": str(tmp_path / "data"),  # same keyring and store as the test's app
             "CALLREC_DATABASE__URL": database_url,
-            "CALLREC_INGEST__MEDIA_HOSTS": "127.0.0.1",
+            "CALLREC_INGEST__MEDIA_HOSTS": twilio_base.removeprefix("http://"),
             "CALLREC_INGEST__WORKERS": "2",
             "CALLREC_TENANTS__ACME__TWILIO_ACCOUNT_SID": TWILIO_SID,
             "CALLREC_TENANTS__ACME__TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "CALLREC_TENANTS__ACME__TWILIO_API_BASE": twilio_base,
             "CALLREC_TENANTS__OTHER__RETENTION": "90d",
         }
     )
@@ -57,7 +58,7 @@ async def test_two_worker_processes_share_the_queue(
         sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
         assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
 
-    env = worker_env(tmp_path, database_url)
+    env = worker_env(tmp_path, database_url, fake_twilio.base)
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,

@@ -844,18 +844,19 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-def _config(data_dir: Path, database_url: str, storage: dict[str, Any]) -> Config:
+def _config(data_dir: Path, database_url: str, storage: dict[str, Any], twilio_base: str) -> Config:
     return config_from_mapping(
         {
             "data_dir": str(data_dir),
             "server": {"public_base_url": PUBLIC_BASE},
             "database": {"url": database_url, "pool_max": 4},
-            "ingest": {"media_hosts": ["127.0.0.1"], "retry_base": "1s"},
+            "ingest": {"media_hosts": [twilio_base.removeprefix("http://")], "retry_base": "1s"},
             "storage": storage,
             "tenants": {
                 TENANT: {
                     "twilio_account_sid": TWILIO_SID,
                     "twilio_auth_token": TWILIO_TOKEN,
+                    "twilio_api_base": twilio_base,
                     "webhook_secret": "pbx-shared-secret-for-tests",
                     "retention": "90d",
                 },
@@ -890,7 +891,7 @@ async def run_example(
     twilio = TestServer(fake.app(), host="127.0.0.1")
     await twilio.start_server()
     fake.base = str(twilio.make_url("")).rstrip("/")
-    cfg = _config(data_dir, _with_database(pg_root_url, name), storage)
+    cfg = _config(data_dir, _with_database(pg_root_url, name), storage, fake.base)
     client = TestClient(TestServer(create_app(cfg, run_workers=False), host="127.0.0.1"))
     await client.start_server()
     try:

@@ -52,14 +52,18 @@ async def callbacks() -> AsyncIterator[tuple[Callbacks, str]]:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, app_config: Any) -> Any:
+async def client(
+    aiohttp_client: Any, app_config: Any, fake_twilio: Any, callbacks: tuple[Callbacks, str]
+) -> Any:
+    hook_origin = callbacks[1].split("/")[2]  # 127.0.0.1:<port>: callback_hosts match ports
     cfg = app_config(
         tenants={
             "acme": {
                 "twilio_account_sid": TWILIO_SID,
                 "twilio_auth_token": TWILIO_TOKEN,
+                "twilio_api_base": fake_twilio.base,
                 "webhook_secret": "pbx-shared-secret-for-tests",
-                "callback_hosts": ["127.0.0.1"],
+                "callback_hosts": [hook_origin],
             },
             "other": {"webhook_secret": "x"},
         }

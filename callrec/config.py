@@ -92,6 +92,8 @@ class KeysConfig:
 class IngestConfig:
     media_hosts: tuple[str, ...] = DEFAULT_MEDIA_HOSTS
     max_media_mb: int = 512
+    # The longest recording accepted: decoding stops a second past it, whatever the file declares.
+    max_duration: timedelta = timedelta(hours=6)
     fetch_timeout: timedelta = timedelta(minutes=5)
     max_attempts: int = 8
     retry_base: timedelta = timedelta(seconds=5)

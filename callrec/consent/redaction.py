@@ -110,7 +110,7 @@ def sample_spans(spans: list[Span], *, sample_rate: int, duration_ms: int) -> li
 def filter_graph(samples: list[tuple[int, int | None]]) -> str:
     """The ffmpeg filter graph that silences ``samples`` (from :func:`sample_spans`): the audio is
     split at every span boundary, the pieces inside a span go through ``volume=0``, and all pieces
-    are joined again in order."""
+    are joined again in order (and their timestamps counted again from the samples)."""
     points: list[int] = []
     silent = [False]  # one flag per piece, the piece before the first point included
     for first, last in samples:
@@ -123,8 +123,7 @@ def filter_graph(samples: list[tuple[int, int | None]]) -> str:
             points.append(last)
             silent.append(False)
     if not points:
-        # Everything is silenced; concat of a single piece keeps the graph's shape the same.
-        return "volume=volume=0:precision=fixed"
+        return "volume=volume=0:precision=fixed"  # everything is silenced
     pieces = [f"[p{i}]" for i in range(len(silent))]
     graph = [f"asegment=samples={'|'.join(str(p) for p in points)}{''.join(pieces)}"]
     joined = []
@@ -134,7 +133,9 @@ def filter_graph(samples: list[tuple[int, int | None]]) -> str:
             joined.append(f"[z{i}]")
         else:
             joined.append(f"[p{i}]")
-    graph.append(f"{''.join(joined)}concat=n={len(silent)}:v=0:a=1")
+    # concat leaves gaps in the timestamps at the joins (the samples are all there); counting them
+    # again from the samples keeps ffmpeg's -t, which goes by timestamps, a cap on samples.
+    graph.append(f"{''.join(joined)}concat=n={len(silent)}:v=0:a=1,asetpts=N/SR/TB")
     return ";".join(graph)
 
 

@@ -95,6 +95,8 @@ class IngestConfig:
     # The longest recording accepted: decoding stops a second past it, whatever the file declares.
     max_duration: timedelta = timedelta(hours=6)
     fetch_timeout: timedelta = timedelta(minutes=5)
+    # A PBX upload's whole body must arrive within this (a client trickling bytes holds a handler).
+    upload_timeout: timedelta = timedelta(minutes=10)
     max_attempts: int = 8
     retry_base: timedelta = timedelta(seconds=5)
     lease: timedelta = timedelta(minutes=10)

@@ -299,8 +299,10 @@ async def test_paused_span_is_silenced_before_storage(
     assert json.loads(rec["redactions"]) == [{"start_ms": 2000, "end_ms": 5500}]
     assert rec["sha256"] != hashlib.sha256(original).hexdigest()
     headers = await auth(client, "recordings:listen")
-    stored = await (await client.get(f"/api/v1/recordings/{rec['id']}/audio", headers=headers)).read()
+    resp = await client.get(f"/api/v1/recordings/{rec['id']}/audio", headers=headers)
+    stored = await resp.read()
     assert hashlib.sha256(stored).hexdigest() == rec["sha256"]
+    assert resp.headers["Content-Type"] == "audio/flac"
     # Stored as FLAC (lossless), not as the WAV received, and described as such.
     assert stored[:4] == b"fLaC" and (rec["format"], rec["codec"]) == ("flac", "flac")
     assert (rec["channels"], rec["sample_rate"]) == (1, 8000) and len(stored) < len(original)

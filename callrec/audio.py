@@ -1,7 +1,8 @@
 """Audio checks run by the ingest worker before a recording is encrypted and stored.
 
-The worker stores the original bytes bit-exact; this module only decides whether those bytes are
-a complete, decodable recording and describes them (:class:`AudioInfo`). It never changes the file.
+The worker stores the original bytes bit-exact unless they must be redacted
+(:mod:`callrec.consent.redaction`); this module only decides whether those bytes are a complete,
+decodable recording and describes them (:class:`AudioInfo`). It never changes the file.
 
 Two decoding paths, both bounded in memory whatever the length of the call:
 

@@ -4,6 +4,7 @@ PCI redaction."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
@@ -309,10 +310,17 @@ async def test_paused_span_is_silenced_before_storage(
     flac = tmp_path / "stored.flac"
     flac.write_bytes(stored)
     decoded = tmp_path / "stored.wav"
-    subprocess.run(
-        [str(audio.configure_ffmpeg()), "-v", "error", "-i", str(flac), "-c:a", "pcm_s16le", str(decoded)],
-        check=True,
-    )
+    to_wav = [
+        str(audio.configure_ffmpeg()),
+        "-v",
+        "error",
+        "-i",
+        str(flac),
+        "-c:a",
+        "pcm_s16le",
+        str(decoded),
+    ]
+    await asyncio.to_thread(subprocess.run, to_wav, check=True)
     segment = AudioSegment.from_wav(decoded)
     source = AudioSegment.from_wav(io.BytesIO(original))
     assert segment[2000:5500].max == 0  # digital silence where the card was read out

@@ -28,6 +28,7 @@ from callrec.db.pool import DatabaseUnavailable, create_pool
 from callrec.errors import BadRequest, CallrecError
 from callrec.ingest import webhooks
 from callrec.ingest.batcher import JobBatcher
+from callrec.ingest.deadline import with_body_deadline
 from callrec.ingest.worker import Worker
 from callrec.keyring import TenantKeys
 from callrec.metrics import Metrics, metrics_handler, metrics_key
@@ -281,7 +282,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/webhooks/twilio/{tenant}", webhooks.twilio_recording)
-    app.router.add_post("/webhooks/upload/{tenant}", webhooks.pbx_upload)
+    app.router.add_post("/webhooks/upload/{tenant}", with_body_deadline(webhooks.pbx_upload))
     app.router.add_post("/webhooks/vonage/{tenant}", webhooks.vonage_recording)
     app.router.add_post("/webhooks/plivo/{tenant}", webhooks.plivo_recording)
     app.router.add_get("/api/v1/openapi.json", api_openapi.openapi_json)

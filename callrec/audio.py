@@ -1,7 +1,8 @@
 """Audio checks run by the ingest worker before a recording is encrypted and stored.
 
-The worker stores the original bytes bit-exact; this module only decides whether those bytes are
-a complete, decodable recording and describes them (:class:`AudioInfo`). It never changes the file.
+The worker stores the original bytes bit-exact unless they must be redacted
+(:mod:`callrec.consent.redaction`); this module only decides whether those bytes are a complete,
+decodable recording and describes them (:class:`AudioInfo`). It never changes the file.
 
 Two decoding paths, both bounded in memory whatever the length of the call:
 
@@ -18,20 +19,34 @@ Two decoding paths, both bounded in memory whatever the length of the call:
 Every check raises :class:`AudioError` with a stable ``code`` and a message that names no path and
 quotes no audio. A missing or crashing ffmpeg raises :class:`AudioToolError` instead: that is the
 service's fault, so the job should be retried, not the recording rejected.
+
+Every ffmpeg callrec starts, here and in the announcement check, the redaction and the portal's
+waveform, goes through :func:`run_ffmpeg`, under :class:`Caps` that never depend on what the file
+declares (DESIGN rule 8): at most ``duration_ms`` of audio decoded (``-t``), a CPU-time limit
+scaled to that duration (RLIMIT_CPU), a fixed address-space limit (RLIMIT_AS), a limit on the size
+of the files it writes (``-fs`` and RLIMIT_FSIZE) and no core dump (a crash must not spill decoded
+audio to disk). A run that hits a cap is the file's fault and raises a permanent :class:`AudioError`
+(``too_costly`` or ``too_large``); a run killed for any other reason is not, see :func:`run_ffmpeg`.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import math
 import os
 import re
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Generic, TypeVar
 
 import imageio_ffmpeg
 
@@ -42,16 +57,42 @@ with warnings.catch_warnings():
     from pydub import AudioSegment
 
 __all__ = [
+    "DEFAULT_MAX_DURATION_MS",
     "AudioError",
     "AudioInfo",
     "AudioToolError",
+    "Caps",
+    "FfmpegRun",
     "configure_ffmpeg",
     "content_type_for",
+    "decode_caps",
     "ffmpeg_reading",
     "probe_file",
+    "run_ffmpeg",
 ]
 
-ERROR_CODES: Final = frozenset({"empty", "undecodable", "truncated", "too_long", "no_audio"})
+ERROR_CODES: Final = frozenset(
+    {"empty", "undecodable", "truncated", "too_long", "no_audio", "too_large", "too_costly"}
+)
+
+# The longest recording accepted unless the caller says otherwise ([ingest] max_duration).
+DEFAULT_MAX_DURATION_MS: Final = 6 * 3600 * 1000
+# CPU time one ffmpeg run may use: a floor for start-up and short files, plus an allowance per minute
+# of audio it may decode. Decoding a 48 kHz stereo FLAC and encoding it again costs about 0.2 s of CPU
+# per audio minute on the benchmark machine (docs/benchmarks.md); 1 s leaves room for costlier codecs
+# and slower machines, and still stops a file built to make a decoder spin.
+CPU_FLOOR_S: Final = 60
+CPU_S_PER_AUDIO_MINUTE: Final = 1.0
+# Address space of one ffmpeg. Debian's shared build maps about 300 MB of libraries before it reads a
+# byte; decoding audio then needs a few MB whatever the length. Reaching this is the file's doing.
+FFMPEG_ADDRESS_SPACE: Final = 1 << 30
+# Room in RLIMIT_FSIZE beyond a run's output cap: ffmpeg writes its last packet past ``-fs``, and
+# its log (stderr) goes to a file too.
+_FSIZE_SLACK: Final = 16 << 20
+# A run that failed after using this share of its CPU allowance hit the limit: the kernel's
+# RLIMIT_CPU accounting and getrusage's can differ by some percent (measured: SIGXCPU at 0.9 s of
+# reported CPU for a 1 s limit).
+_CPU_LIMIT_SHARE: Final = 0.85
 
 _CHUNK_BYTES: Final = 1 << 20
 _WAVE_FORMAT_PCM: Final = 0x0001
@@ -116,6 +157,28 @@ class AudioToolError(RuntimeError):
     """ffmpeg is missing or failed for reasons of its own: retry later, do not reject the file."""
 
 
+@dataclass(frozen=True)
+class Caps:
+    """What one ffmpeg run may use. Build it with :func:`decode_caps`.
+
+    ``duration_ms``: audio decoded at most (ffmpeg's ``-t``, so a long file is never decoded to
+    its end); ``cpu_seconds``: CPU time (RLIMIT_CPU); ``output_bytes``: the largest file the run
+    may write (``-fs``), 0 when it writes only to a pipe.
+    """
+
+    duration_ms: int
+    cpu_seconds: int
+    output_bytes: int = 0
+
+
+def decode_caps(duration_ms: int, *, output_bytes: int = 0) -> Caps:
+    """Caps for decoding up to ``duration_ms`` of audio: CPU time scaled to that duration."""
+    if duration_ms <= 0:
+        raise ValueError("duration_ms must be positive")
+    cpu = CPU_FLOOR_S + math.ceil(duration_ms / 60_000 * CPU_S_PER_AUDIO_MINUTE)
+    return Caps(duration_ms=duration_ms, cpu_seconds=cpu, output_bytes=output_bytes)
+
+
 def configure_ffmpeg() -> str | None:
     """Point pydub at an ffmpeg: the system's if on PATH, else imageio-ffmpeg's. Returns its path.
 
@@ -140,12 +203,14 @@ def content_type_for_format(container: str) -> str:
     return _CONTENT_TYPES.get(container, "application/octet-stream")
 
 
-def probe_file(path: Path, *, max_duration_ms: int | None = None) -> AudioInfo:
+def probe_file(path: Path, *, max_duration_ms: int = DEFAULT_MAX_DURATION_MS) -> AudioInfo:
     """Decode the whole file once and describe it; blocking, so run it in a thread.
 
-    Raises :class:`AudioError` when the file is empty, not decodable audio, cut short, longer than
-    ``max_duration_ms`` or without any audio; :class:`AudioToolError` when a non-PCM file needs
-    ffmpeg and none can be found or it crashes. A plain PCM WAV never needs ffmpeg.
+    Decodes at most a second past ``max_duration_ms``, whatever the file declares. Raises
+    :class:`AudioError` when the file is empty, not decodable audio, cut short, longer than
+    ``max_duration_ms`` (``too_long``), without any audio, or when decoding it hits a cap of
+    :func:`run_ffmpeg`; :class:`AudioToolError` when a non-PCM file needs ffmpeg and none can be
+    found or it crashes. A plain PCM WAV never needs ffmpeg: its length is its bytes present.
     """
     size = path.stat().st_size
     if size == 0:
@@ -232,9 +297,10 @@ def _parse_fmt(fmt: bytes, data_offset: int, data_bytes: int) -> _WavHeader:
     return _WavHeader(channels, rate, width, block_align, data_offset, data_bytes)
 
 
-def _probe_pcm_wav(f: IO[bytes], wav: _WavHeader, max_duration_ms: int | None) -> AudioInfo:
+def _probe_pcm_wav(f: IO[bytes], wav: _WavHeader, max_duration_ms: int) -> AudioInfo:
+    # data_bytes is what is present in the file (_read_wav_header refuses a header that claims more).
     declared_ms = (wav.data_bytes // wav.block_align) * 1000 // wav.sample_rate
-    if max_duration_ms is not None and declared_ms > max_duration_ms:
+    if declared_ms > max_duration_ms:
         raise AudioError(
             "too_long", f"the recording lasts {declared_ms} ms, over the limit of {max_duration_ms} ms"
         )
@@ -303,7 +369,8 @@ def _ffmpeg_exe() -> str:
 def ffmpeg_reading(path: Path, *, loglevel: str) -> list[str]:
     """The start of every ffmpeg command that reads a recording: ffmpeg reading ``path``'s first
     audio stream, hardened as described above (local files only, only the demuxers a recording may
-    use, the name never taken for a protocol or an option). Output options follow."""
+    use, the name never taken for a protocol or an option). Output options follow. Never start it
+    by itself: :func:`run_ffmpeg` adds the caps and the limits every run must have."""
     return [
         _ffmpeg_exe(),
         "-hide_banner",
@@ -323,67 +390,140 @@ def ffmpeg_reading(path: Path, *, loglevel: str) -> list[str]:
     ]
 
 
-def _decode_command(path: Path, *, max_duration_ms: int | None, output: str) -> list[str]:
-    """ffmpeg decoding ``path`` to 16-bit PCM WAV at ``output``, hardened as described above."""
-    command = [
-        *ffmpeg_reading(path, loglevel="info"),
-        "-map_metadata",
-        "-1",
-        "-fflags",
-        "+bitexact",
-    ]
-    if max_duration_ms is not None:
-        # Decode at most a second past the limit: enough to know it is over, never the whole file.
-        command += ["-t", f"{max_duration_ms / 1000 + 1:.3f}"]
-    command += ["-c:a", "pcm_s16le", "-f", "wav", output]
-    return command
+T = TypeVar("T")
 
 
-def decode_to_wav(path: Path, dst: Path, *, max_duration_ms: int | None = None) -> None:
-    """Write ``path``'s audio (any supported format) to ``dst`` as 16-bit PCM WAV that pydub reads
-    without ffprobe; the first ``max_duration_ms`` only, when given. Blocking: run it in a thread.
-    Raises :class:`AudioError` (``undecodable``) when ffmpeg cannot decode it."""
-    command = _decode_command(path, max_duration_ms=max_duration_ms, output="file:" + os.fspath(dst))
-    command.insert(1, "-y")
-    with tempfile.TemporaryFile() as stderr:
-        try:
-            returncode = subprocess.call(  # noqa: S603 - fixed argument list, no shell
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
-            )
-        except OSError as exc:
-            raise AudioToolError(f"could not start ffmpeg: {exc.strerror}") from None
-    if returncode < 0:
-        raise AudioToolError(f"ffmpeg was killed by signal {-returncode}")
-    if returncode != 0:
-        raise AudioError("undecodable", "ffmpeg could not decode the audio")
+@dataclass(frozen=True)
+class FfmpegRun(Generic[T]):
+    """How a run ended: exit status (negative: killed by that signal), its log (the first 256 KiB
+    of stderr) and what ``read`` returned from its standard output (None without ``read``)."""
+
+    returncode: int
+    log: str
+    output: T | None
 
 
-def _probe_with_ffmpeg(path: Path, max_duration_ms: int | None) -> AudioInfo:
-    command = _decode_command(path, max_duration_ms=max_duration_ms, output="pipe:1")
+def run_ffmpeg(
+    path: Path,
+    options: Sequence[str],
+    *,
+    caps: Caps,
+    loglevel: str = "error",
+    read: Callable[[IO[bytes]], T] | None = None,
+    output: Path | None = None,
+) -> FfmpegRun[T]:
+    """Run ffmpeg on ``path`` under ``caps``: the one way callrec starts ffmpeg. Blocking.
+
+    The command is :func:`ffmpeg_reading`'s, ``-t`` (``caps.duration_ms``), ``options``, then the
+    output: the file ``output`` (capped at ``caps.output_bytes`` with ``-fs``), or a pipe whose
+    reading end ``read`` consumes. The process starts with RLIMIT_CPU ``caps.cpu_seconds`` (the hard
+    limit a few seconds later), RLIMIT_AS :data:`FFMPEG_ADDRESS_SPACE`, RLIMIT_FSIZE the output cap
+    plus slack, and RLIMIT_CORE 0.
+
+    Raises :class:`AudioError` when the run hit a cap, because a file that needs more than a
+    recording of the allowed length ever does is the file's fault:
+
+    - ``too_costly``: it failed after using (nearly) all of its CPU time. Told apart from other
+      deaths by the CPU time ``wait4`` reports for the child, not by the signal: at the soft limit
+      the kernel sends SIGXCPU (ffmpeg catches it and exits 255), at the hard one SIGKILL, which
+      the OOM killer or an operator also send, but those leave the CPU allowance unspent;
+    - ``too_large``: SIGXFSZ (only RLIMIT_FSIZE sends it), ``output`` grew past
+      ``caps.output_bytes``, or a failure with ENOMEM under RLIMIT_AS.
+
+    :class:`AudioToolError` when ffmpeg cannot be started. Any other outcome, a kill by another
+    signal included, is returned for the caller to judge.
+    """
+    if output is not None and caps.output_bytes <= 0:
+        raise ValueError("a run that writes a file needs caps.output_bytes")
+    command = [*ffmpeg_reading(path, loglevel=loglevel), "-t", f"{caps.duration_ms / 1000:.3f}", *options]
+    if output is not None:
+        # One byte over the cap: a file that stops exactly at it was not cut.
+        command += ["-y", "-fs", str(caps.output_bytes + 1), "file:" + os.fspath(output)]
+    else:
+        command.append("pipe:1")
+    limits = functools.partial(_limit_child, caps.cpu_seconds, caps.output_bytes + _FSIZE_SLACK)
     # stderr goes to an unlinked temporary file: read only after ffmpeg exits, so a chatty decoder
     # cannot fill a pipe and stall, and nothing of it is kept.
     with tempfile.TemporaryFile() as stderr:
         try:
+            # preexec_fn runs in the child between fork and exec, so the limits hold before ffmpeg
+            # reads a byte. It only calls setrlimit; the documented hazard of preexec_fn in a
+            # threaded program is code that takes locks another thread held at the fork.
             process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if read is not None else subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=limits,
             )
         except OSError as exc:
             raise AudioToolError(f"could not start ffmpeg: {exc.strerror}") from None
-        assert process.stdout is not None
+        result: T | None = None
         try:
-            decoded = _read_pcm_stream(process.stdout)
+            if read is not None:
+                assert process.stdout is not None
+                result = read(process.stdout)
         except BaseException:
             process.kill()
             raise
         finally:
-            process.stdout.close()
-            returncode = process.wait()
+            if process.stdout is not None:
+                process.stdout.close()  # ffmpeg stops on a closed pipe if it had more to say
+            returncode, cpu_seconds = _reap(process)
         stderr.seek(0)
         log = stderr.read(_STDERR_LIMIT).decode("utf-8", "replace")
 
+    if returncode != 0 and cpu_seconds >= caps.cpu_seconds * _CPU_LIMIT_SHARE:
+        raise AudioError(
+            "too_costly",
+            f"decoding needed more than {caps.cpu_seconds} s of CPU time, the limit for"
+            f" {_minutes(caps.duration_ms)} of audio",
+        )
+    if returncode == -signal.SIGXFSZ or (
+        output is not None and output.exists() and output.stat().st_size > caps.output_bytes
+    ):
+        raise AudioError("too_large", f"the decoded audio is over the limit of {caps.output_bytes} bytes")
+    if returncode != 0 and os.strerror(errno.ENOMEM) in log:  # RLIMIT_AS reached
+        raise AudioError("too_large", f"decoding needed more than {FFMPEG_ADDRESS_SPACE >> 20} MiB of memory")
+    return FfmpegRun(returncode=returncode, log=log, output=result)
+
+
+def _limit_child(cpu_seconds: int, file_bytes: int) -> None:
+    """Runs in the forked child before exec (see run_ffmpeg); Linux semantics of each limit."""
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_AS, (FFMPEG_ADDRESS_SPACE, FFMPEG_ADDRESS_SPACE))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _reap(process: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Wait for ``process``: (exit status as Popen reports it, CPU seconds it used)."""
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except ChildProcessError:  # reaped elsewhere; its CPU time is lost with it
+        return process.wait(), 0.0
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_utime + usage.ru_stime
+
+
+def _minutes(duration_ms: int) -> str:
+    minutes = duration_ms / 60_000
+    return f"{minutes:.0f} min" if minutes >= 1 else f"{duration_ms / 1000:.1f} s"
+
+
+def _probe_with_ffmpeg(path: Path, max_duration_ms: int) -> AudioInfo:
+    # Decode at most a second past the limit: enough to know it is over, never the whole file.
+    run = run_ffmpeg(
+        path,
+        ["-map_metadata", "-1", "-fflags", "+bitexact", "-c:a", "pcm_s16le", "-f", "wav"],
+        caps=decode_caps(max_duration_ms + 1000),
+        loglevel="info",
+        read=_read_pcm_stream,
+    )
+    returncode, decoded = run.returncode, run.output
     if returncode < 0:
         raise AudioToolError(f"ffmpeg was killed by signal {-returncode}")
-    summary = _InputSummary.parse(log)
+    summary = _InputSummary.parse(run.log)
     if summary.format is None:
         raise AudioError("undecodable", "the file is not audio in a format we can decode")
     if summary.codec is None:
@@ -398,7 +538,7 @@ def _probe_with_ffmpeg(path: Path, max_duration_ms: int | None) -> AudioInfo:
     duration_ms = frames * 1000 // sample_rate
     if duration_ms == 0:
         raise AudioError("no_audio", "the file contains no audio samples")
-    if max_duration_ms is not None and duration_ms > max_duration_ms:
+    if duration_ms > max_duration_ms:
         raise AudioError("too_long", f"the recording lasts longer than the limit of {max_duration_ms} ms")
     declared = summary.declared_ms
     if (

@@ -259,7 +259,11 @@ class IngestConfig:
     # Where recording media may be fetched from: host (default port) or host:port entries.
     media_hosts: HostAllowList = _DEFAULT_MEDIA_ALLOW_LIST
     max_media_mb: int = 512
+    # The longest recording accepted: decoding stops a second past it, whatever the file declares.
+    max_duration: timedelta = timedelta(hours=6)
     fetch_timeout: timedelta = timedelta(minutes=5)
+    # A PBX upload's whole body must arrive within this (a client trickling bytes holds a handler).
+    upload_timeout: timedelta = timedelta(minutes=10)
     max_attempts: int = 8
     retry_base: timedelta = timedelta(seconds=5)
     # How long a claim on a job lasts unless renewed: a worker that dies (kill -9, a lost machine)

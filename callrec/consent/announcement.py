@@ -37,8 +37,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import subprocess
-import tempfile
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,7 @@ from typing import IO, Final
 import numpy as np
 import numpy.typing as npt
 
-from callrec.audio import AudioError, AudioToolError, ffmpeg_reading
+from callrec.audio import AudioError, AudioToolError, decode_caps, run_ffmpeg
 
 __all__ = [
     "ANALYSIS_RATE",
@@ -305,27 +303,34 @@ def _equal_energy_parts(template: Samples, count: int) -> tuple[tuple[int, int],
 def _decode_opening(path: Path, *, frames: int) -> Samples:
     """Up to ``frames`` frames from the start of ``path`` at :data:`ANALYSIS_RATE`, channels x samples.
 
-    A 16-bit PCM WAV already at that rate is read here (the usual PBX recording; no ffmpeg needed).
-    Anything else goes through the ffmpeg pydub is configured with, told to stop after the opening
-    (``-t``) and to resample with its own filter (libswresample). pydub's ``AudioSegment.from_file``
-    is not used for the reasons given in :mod:`callrec.audio`: it needs ffprobe and it reads whole files.
+    A 16-bit PCM WAV already at that rate is read here (the usual PBX recording; no ffmpeg needed),
+    ``frames`` frames of at most :data:`MAX_CHANNELS` channels. Anything else goes through
+    :func:`callrec.audio.run_ffmpeg`, under caps for the opening only: told to stop after it
+    (``-t``), with CPU time for that much audio, and to resample with its own filter
+    (libswresample). pydub's ``AudioSegment.from_file`` is not used for the reasons given in
+    :mod:`callrec.audio`: it needs ffprobe and it reads whole files.
     """
     if path.stat().st_size == 0:
         raise AudioError("empty", "the file is empty (0 bytes)")
     try:
         with wave.open(os.fspath(path), "rb") as reader:
             if reader.getsampwidth() == 2 and reader.getframerate() == ANALYSIS_RATE:
+                _check_channels(reader.getnchannels())  # before reading: frames x channels bytes
                 return _pcm16(reader.readframes(frames), reader.getnchannels())
     except (wave.Error, EOFError):
         pass  # not a plain PCM WAV: ffmpeg decodes it
     return _decode_with_ffmpeg(path, frames)
 
 
-def _pcm16(data: bytes, channels: int) -> Samples:
+def _check_channels(channels: int) -> None:
     if not 1 <= channels <= MAX_CHANNELS:
         raise AudioError(
             "undecodable", f"the recording has {channels} channels; at most {MAX_CHANNELS} are read"
         )
+
+
+def _pcm16(data: bytes, channels: int) -> Samples:
+    _check_channels(channels)
     usable = len(data) - len(data) % (2 * channels)
     pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, channels).T
     samples: Samples = pcm.astype(np.float64) / 32768.0
@@ -333,34 +338,16 @@ def _pcm16(data: bytes, channels: int) -> Samples:
 
 
 def _decode_with_ffmpeg(path: Path, frames: int) -> Samples:
-    command = [
-        # The same guards as callrec.audio: local files only, and only the demuxers a recording may use.
-        *ffmpeg_reading(path, loglevel="error"),
-        "-t",
-        f"{frames / ANALYSIS_RATE + 0.1:.3f}",
-        "-ar",
-        str(ANALYSIS_RATE),
-        "-c:a",
-        "pcm_s16le",
-        "-f",
-        "wav",
-        "pipe:1",
-    ]
-    with tempfile.TemporaryFile() as stderr:
-        try:
-            process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
-            )
-        except OSError as exc:
-            raise AudioToolError(f"could not start ffmpeg: {exc.strerror}") from None
-        assert process.stdout is not None
-        try:
-            decoded = _read_wav_stream(process.stdout, frames)
-        finally:
-            process.stdout.close()  # ffmpeg stops on a closed pipe if it had more to say
-            returncode = process.wait()
-    if returncode < 0 and decoded is None:
-        raise AudioToolError(f"ffmpeg was killed by signal {-returncode}")
+    run = run_ffmpeg(
+        path,
+        ["-ar", str(ANALYSIS_RATE), "-c:a", "pcm_s16le", "-f", "wav"],
+        # A little past the opening, so that ffmpeg's rounding never leaves it a frame short.
+        caps=decode_caps(math.ceil(frames * 1000 / ANALYSIS_RATE) + 100),
+        read=lambda stream: _read_wav_stream(stream, frames),
+    )
+    decoded = run.output
+    if run.returncode < 0 and decoded is None:
+        raise AudioToolError(f"ffmpeg was killed by signal {-run.returncode}")
     if decoded is None or decoded.shape[1] == 0:
         raise AudioError("undecodable", "the file is not audio in a format we can decode")
     return decoded
@@ -370,6 +357,7 @@ def _read_wav_stream(stream: IO[bytes], frames: int) -> Samples | None:
     """The first ``frames`` frames of the WAV ffmpeg writes to the pipe (its header carries no sizes)."""
     try:
         with wave.open(stream, "rb") as reader:
+            _check_channels(reader.getnchannels())
             return _pcm16(reader.readframes(frames), reader.getnchannels())
     except (wave.Error, EOFError):
         return None

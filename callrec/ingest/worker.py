@@ -603,8 +603,13 @@ class Worker:
     async def _decide_and_store(
         self, intake: Intake, plain: Path, *, sha256: str, size: int, original: dict[str, Any] | None
     ) -> None:
-        """Check the audio, verify the announcement, decide, redact, encrypt, store, commit."""
-        info = await asyncio.to_thread(audio.probe_file, plain)
+        """Check the audio, verify the announcement, decide, redact, encrypt, store, commit.
+
+        Every decode runs under ``[ingest] max_duration`` (callrec.audio's caps); a redacted
+        recording is stored as FLAC, at most ``[ingest] max_media_mb`` like any other."""
+        max_ms = int(self.config.ingest.max_duration.total_seconds() * 1000)
+        # An AudioError is permanent but for a truncated download (see process and REFETCHED_KINDS).
+        info = await asyncio.to_thread(audio.probe_file, plain, max_duration_ms=max_ms)
         evidence = await self._evidence(intake)  # events may have arrived during the download
         announcement = dict(evidence.announcement)
         if announcement["played"] and announcement.get("id"):
@@ -634,9 +639,17 @@ class Worker:
         with tempfile.TemporaryDirectory(dir=spool_dir(self.config), prefix="redact-") as work:
             source = plain
             if spans:
-                source = Path(work) / "redacted.wav"
-                await asyncio.to_thread(redact_file, plain, source, spans, container=info.format)
-                info = await asyncio.to_thread(audio.probe_file, source)
+                source = Path(work) / "redacted.flac"
+                await asyncio.to_thread(
+                    redact_file,
+                    plain,
+                    source,
+                    spans,
+                    info=info,
+                    max_duration_ms=max_ms,
+                    max_bytes=self.config.ingest.max_media_mb * 1024 * 1024,
+                )
+                info = await asyncio.to_thread(audio.probe_file, source, max_duration_ms=max_ms)
                 sha256, size = await asyncio.to_thread(_digest, source)
             if original is not None and not spans:
                 stored = {

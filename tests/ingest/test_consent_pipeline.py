@@ -4,10 +4,12 @@ PCI redaction."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from pydub import AudioSegment
 from twilio.request_validator import RequestValidator
 
+from callrec import audio
 from callrec.app import worker_key
 from callrec.appkeys import config_key, db_key
 from callrec.db import audit, tokens
@@ -277,7 +280,7 @@ async def test_withdrawn_consent_after_storage_erases_the_calls_recordings(
 
 
 async def test_paused_span_is_silenced_before_storage(
-    client: Any, fake_twilio: Any, audio_fixtures: Path
+    client: Any, fake_twilio: Any, audio_fixtures: Path, tmp_path: Path
 ) -> None:
     original = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     csid = "CA" + uuid.uuid4().hex
@@ -297,13 +300,33 @@ async def test_paused_span_is_silenced_before_storage(
     assert json.loads(rec["redactions"]) == [{"start_ms": 2000, "end_ms": 5500}]
     assert rec["sha256"] != hashlib.sha256(original).hexdigest()
     headers = await auth(client, "recordings:listen")
-    stored = await (await client.get(f"/api/v1/recordings/{rec['id']}/audio", headers=headers)).read()
+    resp = await client.get(f"/api/v1/recordings/{rec['id']}/audio", headers=headers)
+    stored = await resp.read()
     assert hashlib.sha256(stored).hexdigest() == rec["sha256"]
-    segment = AudioSegment.from_wav(io.BytesIO(stored))
+    assert resp.headers["Content-Type"] == "audio/flac"
+    # Stored as FLAC (lossless), not as the WAV received, and described as such.
+    assert stored[:4] == b"fLaC" and (rec["format"], rec["codec"]) == ("flac", "flac")
+    assert (rec["channels"], rec["sample_rate"]) == (1, 8000) and len(stored) < len(original)
+    flac = tmp_path / "stored.flac"
+    flac.write_bytes(stored)
+    decoded = tmp_path / "stored.wav"
+    to_wav = [
+        str(audio.configure_ffmpeg()),
+        "-v",
+        "error",
+        "-i",
+        str(flac),
+        "-c:a",
+        "pcm_s16le",
+        str(decoded),
+    ]
+    await asyncio.to_thread(subprocess.run, to_wav, check=True)
+    segment = AudioSegment.from_wav(decoded)
     source = AudioSegment.from_wav(io.BytesIO(original))
     assert segment[2000:5500].max == 0  # digital silence where the card was read out
     assert source[2000:5500].max > 0  # (and there was sound there before)
     assert segment[6000:9000].raw_data == source[6000:9000].raw_data  # the rest is untouched
+    assert len(segment) == len(source)
 
 
 async def test_pause_cut_by_the_provider_needs_no_redaction(

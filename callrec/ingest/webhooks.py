@@ -66,6 +66,32 @@ def spool_dir(config: Config) -> Path:
     return path
 
 
+async def read_body(request: web.Request, limit: int, too_large: str) -> bytes:
+    """The whole body, up to ``limit`` bytes (413 with ``too_large`` past it, before reading when
+    Content-Length says so). Reads until the end: one ``content.read(n)`` returns only what has
+    arrived so far, and a body sent in pieces would be checked on its first piece."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(too_large)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(too_large)
+    return bytes(body)
+
+
+async def form_params(request: web.Request) -> list[tuple[str, str]]:
+    """The fields of an ``application/x-www-form-urlencoded`` body (Twilio's and Plivo's callbacks),
+    read under the app's ``client_max_size``; 400 for a body that is not text in its charset."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset= (aiohttp decodes with it)
+        raise BadRequest("the form is not text in the charset it declares", code="invalid_form") from None
+    return [(name, value) for name, value in form.items() if isinstance(value, str)]
+
+
 # --- Twilio -------------------------------------------------------------------------------
 
 
@@ -74,10 +100,7 @@ async def twilio_recording(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     if not tenant.twilio_auth_token:
         raise Forbidden("no Twilio account is configured for this tenant", code="provider_not_configured")
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
-    form = await request.post()
-    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    params = await form_params(request)
     url = config.public_base_url + request.raw_path
     if not twilio.signature_valid(
         url, params, request.headers.get("X-Twilio-Signature", ""), tenant.twilio_auth_token
@@ -205,9 +228,7 @@ async def vonage_recording(request: web.Request) -> web.Response:
         raise Forbidden(
             "no Vonage signature secret is configured for this tenant", code="provider_not_configured"
         )
-    if request.content_length is not None and request.content_length > vonage.MAX_EVENT_BYTES:
-        raise PayloadTooLarge("Vonage events are limited to 64 KiB")
-    body = await request.content.read(vonage.MAX_EVENT_BYTES + 1)
+    body = await read_body(request, vonage.MAX_EVENT_BYTES, "Vonage events are limited to 64 KiB")
     try:
         vonage.verify_signed_webhook(
             request.headers.get("Authorization"),
@@ -246,10 +267,7 @@ async def plivo_recording(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     if not (tenant.plivo_auth_id and tenant.plivo_auth_token):
         raise Forbidden("no Plivo account is configured for this tenant", code="provider_not_configured")
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
-    form = await request.post()
-    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    params = await form_params(request)
     url = config.public_base_url + request.raw_path
     if not plivo.signature_valid(
         request.method,
@@ -485,7 +503,7 @@ def normalise_e164(value: object, *, field: str) -> str:
 def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise BadRequest("the metadata part is not valid JSON", code="invalid_metadata") from None
     if not isinstance(meta, dict):
         raise BadRequest("the metadata part must be a JSON object", code="invalid_metadata")
@@ -705,7 +723,7 @@ def verify_callrec_signature(header: str, body: bytes, secret: str) -> None:
 def parse_call_event(body: bytes) -> dict[str, Any]:
     try:
         event = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise BadRequest("the body is not valid JSON", code="invalid_event") from None
     if not isinstance(event, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_event")
@@ -758,11 +776,7 @@ async def call_event(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     if not tenant.webhook_secret:
         raise Forbidden("no webhook secret is configured for this tenant", code="provider_not_configured")
-    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
-        raise PayloadTooLarge("call events are limited to 64 KiB")
-    body = await request.content.read(MAX_EVENT_BYTES + 1)
-    if len(body) > MAX_EVENT_BYTES:
-        raise PayloadTooLarge("call events are limited to 64 KiB")
+    body = await read_body(request, MAX_EVENT_BYTES, "call events are limited to 64 KiB")
     verify_callrec_signature(request.headers.get("Callrec-Signature", ""), body, tenant.webhook_secret)
     event = parse_call_event(body)
 

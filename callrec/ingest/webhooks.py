@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -500,6 +500,15 @@ def normalise_e164(value: object, *, field: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def in_calendar(moment: datetime) -> bool:
+    """Whether an aware time is still a datetime once in UTC: "0001-01-01T00:00+14:00" is not."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(raw)
@@ -524,6 +533,10 @@ def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
             ) from None
         if started.tzinfo is None:
             raise BadRequest("metadata.started_at must carry a UTC offset", code="invalid_metadata")
+        if not in_calendar(started):
+            raise BadRequest(
+                "metadata.started_at must fall in the years 1 to 9999 in UTC", code="invalid_metadata"
+            )
     if meta.get("direction") not in (None, "inbound", "outbound"):
         raise BadRequest("metadata.direction must be inbound or outbound", code="invalid_metadata")
     meta["redact"] = _parse_redact(meta.get("redact"))
@@ -740,6 +753,8 @@ def parse_call_event(body: bytes) -> dict[str, Any]:
         raise BadRequest("at must be an ISO 8601 time with a UTC offset", code="invalid_event") from None
     if at.tzinfo is None:
         raise BadRequest("at must carry a UTC offset", code="invalid_event")
+    if not in_calendar(at):
+        raise BadRequest("at must fall in the years 1 to 9999 in UTC", code="invalid_event")
     if event.get("method") not in (None, "ivr_keypress", "verbal", "continued_after_notice", "none"):
         raise BadRequest(
             "method must be ivr_keypress, verbal, continued_after_notice or none", code="invalid_event"

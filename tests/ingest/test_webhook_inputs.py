@@ -270,3 +270,29 @@ async def test_a_body_over_the_event_cap_in_pieces_is_413(app_client: Any, webho
     gate.set()
     resp = await app_client.post(f"/webhooks/{webhook}/acme", data=in_two_pieces(body, gate), headers=headers)
     assert resp.status == 413, await resp.text()
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+@pytest.mark.parametrize("webhook", ["events", "upload"])
+async def test_a_call_time_outside_the_calendar_in_utc_is_400_before_the_database(
+    app_client: Any, caplog: pytest.LogCaptureFixture, webhook: str, when: str
+) -> None:
+    """The database refused these (a 400 through the backstop, with a traceback in the log)."""
+    if webhook == "events":
+        body = json.dumps({"event": "consent_granted", "call_id": "c1", "at": when}).encode()
+        ctype = "application/json"
+    else:
+        meta = json.dumps({"call_id": "c1", "recording_id": "r1", "started_at": when}).encode()
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n' + meta + b"\r\n"
+            b'--b\r\nContent-Disposition: form-data; name="audio"\r\n\r\nRIFF\r\n--b--\r\n'
+        )
+        ctype = "multipart/form-data; boundary=b"
+    resp = await app_client.post(
+        f"/webhooks/{webhook}/acme", data=body, headers={**callrec_signed(body), "Content-Type": ctype}
+    )
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["code"] in ("invalid_event", "invalid_metadata")
+    assert tracebacks(caplog) == []
+    async with app_client.app[db_key].acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM jobs") == 0

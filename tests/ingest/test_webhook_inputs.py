@@ -135,6 +135,22 @@ async def test_a_form_that_is_not_text_in_its_charset_is_400(
     assert tracebacks(caplog) == []
 
 
+async def test_a_twilio_signature_header_that_is_not_ascii_is_403(
+    app_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b"AccountSid=" + TWILIO_SID.encode()
+    request = (
+        b"POST /webhooks/twilio/acme HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: \x80\r\n"
+        + f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    answer = await raw_request(app_client.server.port, request)
+    assert answer.split(b" ", 2)[1] == b"403", answer[:300]
+    assert b"invalid_signature" in answer
+    assert tracebacks(caplog) == []
+
+
 @pytest.mark.parametrize(
     "start_time",
     ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"],  # before year 1 or after 9999 in UTC

@@ -14,7 +14,7 @@ import aiohttp_jinja2
 import asyncpg
 from aiohttp import web
 
-from callrec import audio
+from callrec import audio, serverlog
 from callrec.api import access as api_access
 from callrec.api import deletions as api_deletions
 from callrec.api import holds as api_holds
@@ -122,7 +122,9 @@ async def errors_middleware(
             status=exc.status,
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
         )
-    except UNAVAILABLE:
+    except UNAVAILABLE as exc:
+        if isinstance(exc, ConnectionResetError) and request.transport is None:
+            raise  # the client hung up mid-request: nothing is unavailable, and nobody is left to answer
         log.warning("request %s: a dependency is unavailable", rid, exc_info=True)
         if request.path.startswith("/portal"):
             return portal_error(request, 503, "A backing service is unavailable. Try again in a minute.")
@@ -211,6 +213,7 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
         # The portal middleware wraps the error middleware so that error pages get its security headers.
         middlewares=[metrics_middleware, portal_middleware, errors_middleware, input_middleware],
         client_max_size=1024 * 1024,
+        handler_args=serverlog.handler_args(),
     )
     app[config_key] = config
     app[metrics_key] = Metrics()

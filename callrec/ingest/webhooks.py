@@ -14,13 +14,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import phonenumbers
 from aiohttp import web
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from callrec import erasure
@@ -65,6 +66,32 @@ def spool_dir(config: Config) -> Path:
     return path
 
 
+async def read_body(request: web.Request, limit: int, too_large: str) -> bytes:
+    """The whole body, up to ``limit`` bytes (413 with ``too_large`` past it, before reading when
+    Content-Length says so). Reads until the end: one ``content.read(n)`` returns only what has
+    arrived so far, and a body sent in pieces would be checked on its first piece."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(too_large)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(too_large)
+    return bytes(body)
+
+
+async def form_params(request: web.Request) -> list[tuple[str, str]]:
+    """The fields of an ``application/x-www-form-urlencoded`` body (Twilio's and Plivo's callbacks),
+    read under the app's ``client_max_size``; 400 for a body that is not text in its charset."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset= (aiohttp decodes with it)
+        raise BadRequest("the form is not text in the charset it declares", code="invalid_form") from None
+    return [(name, value) for name, value in form.items() if isinstance(value, str)]
+
+
 # --- Twilio -------------------------------------------------------------------------------
 
 
@@ -73,10 +100,7 @@ async def twilio_recording(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     if not tenant.twilio_auth_token:
         raise Forbidden("no Twilio account is configured for this tenant", code="provider_not_configured")
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
-    form = await request.post()
-    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    params = await form_params(request)
     url = config.public_base_url + request.raw_path
     if not twilio.signature_valid(
         url, params, request.headers.get("X-Twilio-Signature", ""), tenant.twilio_auth_token
@@ -204,9 +228,7 @@ async def vonage_recording(request: web.Request) -> web.Response:
         raise Forbidden(
             "no Vonage signature secret is configured for this tenant", code="provider_not_configured"
         )
-    if request.content_length is not None and request.content_length > vonage.MAX_EVENT_BYTES:
-        raise PayloadTooLarge("Vonage events are limited to 64 KiB")
-    body = await request.content.read(vonage.MAX_EVENT_BYTES + 1)
+    body = await read_body(request, vonage.MAX_EVENT_BYTES, "Vonage events are limited to 64 KiB")
     try:
         vonage.verify_signed_webhook(
             request.headers.get("Authorization"),
@@ -245,10 +267,7 @@ async def plivo_recording(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     if not (tenant.plivo_auth_id and tenant.plivo_auth_token):
         raise Forbidden("no Plivo account is configured for this tenant", code="provider_not_configured")
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise BadRequest("expected an application/x-www-form-urlencoded body", code="unsupported_media_type")
-    form = await request.post()
-    params = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    params = await form_params(request)
     url = config.public_base_url + request.raw_path
     if not plivo.signature_valid(
         request.method,
@@ -299,17 +318,46 @@ def check_signature_time(timestamp: int, *, now: float | None = None) -> None:
         raise Forbidden("the signature timestamp is more than 5 minutes away", code="signature_expired")
 
 
+# RFC 2046 §5.1.1: boundary := 0*69<bchars> bcharsnospace, so 1 to 70 characters of these, the
+# last not a space. Anything else is refused from the header, before a byte of the body is read.
+_BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+# What an upload may carry beyond max_media_mb: the multipart framing and the metadata part.
+UPLOAD_OVERHEAD = 2 * 65536
+_SPOOL_CHUNK = 1 << 20
+
+
+def upload_boundary(content_type: str) -> bytes:
+    """The boundary of a ``multipart/form-data`` Content-Type; 400 for another type or a boundary
+    RFC 2046 does not allow (over 70 characters, characters outside its set, a trailing space)."""
+    # Header values are ASCII (RFC 9110 §5.5); python-multipart encodes them as latin-1.
+    parsed = parse_options_header(content_type) if content_type.isascii() else (b"", {})
+    if parsed[0] != b"multipart/form-data":
+        raise BadRequest("expected a multipart/form-data body", code="unsupported_media_type")
+    boundary = parsed[1].get(b"boundary", b"")
+    if not _BOUNDARY.fullmatch(boundary):
+        raise BadRequest(
+            "the multipart boundary must be 1 to 70 characters that RFC 2046 allows", code="invalid_multipart"
+        )
+    return boundary
+
+
 class _UploadParts:
-    """Collects a streamed multipart body: ``metadata`` in memory (bounded), ``audio`` to a file."""
+    """Collects a multipart body's parts: ``metadata`` in memory (bounded), ``audio`` to a file.
+
+    python-multipart bounds each part's headers (count and size); the number of parts is bounded
+    here, so that memory does not grow with the body whatever its shape.
+    """
 
     MAX_METADATA = 64 * 1024
+    MAX_PARTS = 16
 
-    def __init__(self, audio_file: Any) -> None:
+    def __init__(self, audio_file: BinaryIO) -> None:
         self.audio_file = audio_file
         self.audio_size = 0
         self.audio_hash = hashlib.sha256()
         self.metadata = bytearray()
         self.seen: set[str] = set()
+        self.complete = False  # the closing boundary was seen
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, str] = {}
@@ -324,6 +372,7 @@ class _UploadParts:
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
+            "on_end": self._end,
         }
 
     def _part_begin(self) -> None:
@@ -339,9 +388,12 @@ class _UploadParts:
         _, options = parse_options_header(self._headers.get("content-disposition", ""))
         name = options.get(b"name", b"").decode("latin-1")
         if name in self.seen:
-            self.error = f"the part {name!r} appears twice"
-        self.seen.add(name)
-        self._current = name if name in ("metadata", "audio") else None
+            self.error = self.error or f"the part {name!r} appears twice"
+        elif len(self.seen) >= self.MAX_PARTS:
+            self.error = self.error or f"the body has more than {self.MAX_PARTS} parts"
+        else:
+            self.seen.add(name)
+        self._current = name if name in ("metadata", "audio") and not self.error else None
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current == "audio":
@@ -354,6 +406,56 @@ class _UploadParts:
             if len(self.metadata) > self.MAX_METADATA:
                 self.error = "the metadata part is over 64 KiB"
                 self._current = None
+
+    def _end(self) -> None:
+        self.complete = True
+
+
+def parse_upload_body(raw: BinaryIO, boundary: bytes, audio_file: BinaryIO) -> _UploadParts:
+    """Parse a spooled, already authenticated multipart body in bounded chunks (blocking: run it in a
+    thread). Raises BadRequest ``invalid_multipart`` for a body that does not parse, stops short of
+    its closing boundary or breaks the part limits."""
+    parts = _UploadParts(audio_file)
+    try:
+        parser = MultipartParser(boundary, parts.callbacks())  # type: ignore[arg-type]
+        raw.seek(0)
+        while not parts.error and (chunk := raw.read(_SPOOL_CHUNK)):
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError:  # MultipartParseError among them
+        raise BadRequest("the body is not valid multipart/form-data", code="invalid_multipart") from None
+    if parts.error:
+        raise BadRequest(parts.error, code="invalid_multipart")
+    if not parts.complete:
+        raise BadRequest("the body ends before its closing boundary", code="invalid_multipart")
+    audio_file.flush()
+    return parts
+
+
+async def spool_signed_body(
+    request: web.Request,
+    raw: BinaryIO,
+    *,
+    secret: str,
+    timestamp: int,
+    signatures: list[str],
+    limit: int,
+    too_large: str,
+) -> None:
+    """Write the body to ``raw`` as it streams in, computing the Callrec-Signature MAC over it;
+    413 past ``limit`` bytes, 403 when no signature matches. Nothing in it is parsed here."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode(), hashlib.sha256)
+    total = 0
+    async for chunk in request.content.iter_chunked(_SPOOL_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(too_large)
+        mac.update(chunk)
+        raw.write(chunk)
+    raw.flush()
+    expected = mac.hexdigest()
+    if not any(hmac.compare_digest(expected, sig) for sig in signatures):
+        raise Forbidden("the Callrec-Signature does not match the body", code="invalid_signature")
 
 
 _UPLOAD_KEYS = {"call_id", "recording_id", "started_at", "from", "to", "direction", "redact", *TAG_NAMES}
@@ -398,10 +500,19 @@ def normalise_e164(value: object, *, field: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def in_calendar(moment: datetime) -> bool:
+    """Whether an aware time is still a datetime once in UTC: "0001-01-01T00:00+14:00" is not."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
 def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise BadRequest("the metadata part is not valid JSON", code="invalid_metadata") from None
     if not isinstance(meta, dict):
         raise BadRequest("the metadata part must be a JSON object", code="invalid_metadata")
@@ -422,6 +533,10 @@ def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
             ) from None
         if started.tzinfo is None:
             raise BadRequest("metadata.started_at must carry a UTC offset", code="invalid_metadata")
+        if not in_calendar(started):
+            raise BadRequest(
+                "metadata.started_at must fall in the years 1 to 9999 in UTC", code="invalid_metadata"
+            )
     if meta.get("direction") not in (None, "inbound", "outbound"):
         raise BadRequest("metadata.direction must be inbound or outbound", code="invalid_metadata")
     meta["redact"] = _parse_redact(meta.get("redact"))
@@ -429,38 +544,39 @@ def _parse_upload_metadata(raw: bytes) -> dict[str, Any]:
 
 
 async def pbx_upload(request: web.Request) -> web.Response:
+    """A PBX upload: the signature is checked over the raw body as it is spooled, and nothing in the
+    body is parsed before it matches (a malformed unsigned body is a 403, a malformed signed one a 400)."""
     config = request.app[config_key]
     tenant = tenant_of(request)
     if not tenant.webhook_secret:
         raise Forbidden("no webhook secret is configured for this tenant", code="provider_not_configured")
     timestamp, signatures = _parse_signature_header(request.headers.get("Callrec-Signature", ""))
     check_signature_time(timestamp)
-    content_type, options = parse_options_header(request.headers.get("Content-Type", ""))
-    boundary = options.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
-        raise BadRequest("expected a multipart/form-data body", code="unsupported_media_type")
+    boundary = upload_boundary(request.headers.get("Content-Type", ""))
     max_bytes = config.ingest.max_media_mb * 1024 * 1024
-    if request.content_length is not None and request.content_length > max_bytes + 65536 * 2:
-        raise PayloadTooLarge(f"uploads are limited to {config.ingest.max_media_mb} MiB")
+    too_large = f"uploads are limited to {config.ingest.max_media_mb} MiB"
+    if request.content_length is not None and request.content_length > max_bytes + UPLOAD_OVERHEAD:
+        raise PayloadTooLarge(too_large)
 
-    mac = hmac.new(tenant.webhook_secret.encode(), f"{timestamp}.".encode(), hashlib.sha256)
     spool = spool_dir(config)
-    with tempfile.NamedTemporaryFile(dir=spool, prefix="upload-", delete=True) as audio_file:
-        parts = _UploadParts(audio_file)
-        parser = MultipartParser(boundary, parts.callbacks())  # type: ignore[arg-type]
-        total = 0
-        async for chunk in request.content.iter_chunked(1 << 20):
-            total += len(chunk)
-            if total > max_bytes + 65536 * 2:
-                raise PayloadTooLarge(f"uploads are limited to {config.ingest.max_media_mb} MiB")
-            mac.update(chunk)
-            parser.write(chunk)
-        expected = mac.hexdigest()
-        if not any(hmac.compare_digest(expected, sig) for sig in signatures):
-            raise Forbidden("the Callrec-Signature does not match the body", code="invalid_signature")
-        parser.finalize()
-        if parts.error:
-            raise BadRequest(parts.error, code="invalid_multipart")
+    # Both files are 0600 (mkstemp) in the 0700 spool dir, and removed when the block ends, however.
+    with (
+        tempfile.NamedTemporaryFile(dir=spool, prefix="upload-raw-", delete=True) as raw,
+        tempfile.NamedTemporaryFile(dir=spool, prefix="upload-", delete=True) as audio_file,
+    ):
+        await spool_signed_body(
+            request,
+            cast(BinaryIO, raw.file),
+            secret=tenant.webhook_secret,
+            timestamp=timestamp,
+            signatures=signatures,
+            limit=max_bytes + UPLOAD_OVERHEAD,
+            too_large=too_large,
+        )
+        parts = await asyncio.to_thread(
+            parse_upload_body, cast(BinaryIO, raw.file), boundary, cast(BinaryIO, audio_file.file)
+        )
+        raw.close()  # the audio part is in audio_file now: free the disk before the sealed copy
         if "metadata" not in parts.seen or "audio" not in parts.seen:
             raise BadRequest("the body needs a 'metadata' part and an 'audio' part", code="invalid_multipart")
         if parts.audio_size == 0:
@@ -472,7 +588,6 @@ async def pbx_upload(request: web.Request) -> web.Response:
             for role in ("from", "to")
             if meta.get(role) is not None
         }
-        audio_file.flush()
 
         pool = request.app[db_key]
         async with pool.acquire() as conn:
@@ -621,7 +736,7 @@ def verify_callrec_signature(header: str, body: bytes, secret: str) -> None:
 def parse_call_event(body: bytes) -> dict[str, Any]:
     try:
         event = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise BadRequest("the body is not valid JSON", code="invalid_event") from None
     if not isinstance(event, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_event")
@@ -638,6 +753,8 @@ def parse_call_event(body: bytes) -> dict[str, Any]:
         raise BadRequest("at must be an ISO 8601 time with a UTC offset", code="invalid_event") from None
     if at.tzinfo is None:
         raise BadRequest("at must carry a UTC offset", code="invalid_event")
+    if not in_calendar(at):
+        raise BadRequest("at must fall in the years 1 to 9999 in UTC", code="invalid_event")
     if event.get("method") not in (None, "ivr_keypress", "verbal", "continued_after_notice", "none"):
         raise BadRequest(
             "method must be ivr_keypress, verbal, continued_after_notice or none", code="invalid_event"
@@ -674,11 +791,7 @@ async def call_event(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     if not tenant.webhook_secret:
         raise Forbidden("no webhook secret is configured for this tenant", code="provider_not_configured")
-    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
-        raise PayloadTooLarge("call events are limited to 64 KiB")
-    body = await request.content.read(MAX_EVENT_BYTES + 1)
-    if len(body) > MAX_EVENT_BYTES:
-        raise PayloadTooLarge("call events are limited to 64 KiB")
+    body = await read_body(request, MAX_EVENT_BYTES, "call events are limited to 64 KiB")
     verify_callrec_signature(request.headers.get("Callrec-Signature", ""), body, tenant.webhook_secret)
     event = parse_call_event(body)
 

@@ -101,8 +101,14 @@ def set_cookie(response: web.StreamResponse, session_id: str) -> None:
     )
 
 
+def delete_host_cookie(response: web.StreamResponse, name: str, *, samesite: str) -> None:
+    """Expire a ``__Host-`` cookie. Its deletion is a Set-Cookie like any other: without Secure and
+    Path=/ (and with no Domain) a browser ignores it, and the cookie stays (RFC 6265bis §4.1.3.2)."""
+    response.del_cookie(name, path="/", secure=True, httponly=True, samesite=samesite)
+
+
 def clear_cookie(response: web.StreamResponse) -> None:
-    response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    delete_host_cookie(response, COOKIE, samesite="Strict")
 
 
 def csrf_valid(expected: str, given: object) -> bool:

@@ -96,7 +96,7 @@ async def login(request: web.Request) -> web.Response:
         session_id = await sessions.start(conn, user, mfa_passed=False)
     response = redirect("/portal/mfa")
     sessions.set_cookie(response, session_id)
-    response.del_cookie(sessions.LOGIN_CSRF_COOKIE, path="/")
+    sessions.delete_host_cookie(response, sessions.LOGIN_CSRF_COOKIE, samesite="Strict")
     return response
 
 

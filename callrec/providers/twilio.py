@@ -60,7 +60,7 @@ def _port_variants(url: str) -> list[str]:
 
 def signature_valid(url: str, params: list[tuple[str, str]], signature: str, auth_token: str) -> bool:
     """Constant-time check of ``X-Twilio-Signature`` against every accepted URL spelling."""
-    if not signature or not auth_token:
+    if not signature or not auth_token or not signature.isascii():  # base64; a header may hold any byte
         return False
     ok = False
     for candidate in _port_variants(url):

@@ -240,11 +240,11 @@ def _time_field(data: Mapping[str, Any], name: str) -> datetime | None:
         raise InvalidEvent(f"{name} must be an ISO 8601 timestamp")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:  # Vonage sends UTC ("...Z"); a bare time is taken as UTC
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: in UTC, before year 1 or after 9999
         raise InvalidEvent(f"{name} is not an ISO 8601 timestamp: {value!r}") from None
-    if parsed.tzinfo is None:  # Vonage sends UTC ("...Z"); a bare time is taken as UTC
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def _id_field(data: Mapping[str, Any], name: str) -> str:

@@ -496,6 +496,8 @@ def fuzz(port: int, webhook: str, seen: Counter[tuple[int, str]]) -> None:
 @pytest.fixture
 async def app_client(aiohttp_client: Any, app_config: Any) -> Any:
     cfg = app_config(
+        # The valid media URLs above name port 9: entries match host and port.
+        ingest={"media_hosts": ["127.0.0.1:9"]},
         tenants={
             "acme": {
                 "twilio_account_sid": TWILIO_SID,

@@ -221,6 +221,7 @@ async def test_the_shipped_pbx_client_uploads(aiohttp_server: Any, config: Any, 
     """infra/pbx/callrec-upload, run as a PBX would, against the real app on 127.0.0.1."""
     import asyncio
     import os
+    import socket
     import sys
 
     from callrec.app import create_app
@@ -257,7 +258,16 @@ async def test_the_shipped_pbx_client_uploads(aiohttp_server: Any, config: Any, 
         *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1 and b"invalid_signature" in err
+    # Refused: retrying the same bytes cannot help, so the PBX must not loop on it (exit 3, not 1).
+    assert proc.returncode == 3 and b"invalid_signature" in err
+    with socket.socket() as closed:  # a port nobody listens on: callrec unreachable, retry later
+        closed.bind(("127.0.0.1", 0))
+        argv[3] = f"http://127.0.0.1:{closed.getsockname()[1]}/webhooks/upload/acme"
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err.decode()
     assert await app[worker_key].run_once()
     async with app[db_key].acquire() as conn:
         assert await conn.fetchval("SELECT provider_recording_id FROM recordings") == "ast-1-r1"

@@ -205,15 +205,15 @@ async def test_phone_filter_finds_by_keyed_hash(client: Any, fake_twilio: Any, a
     token = await api_token(client)
     auth = {"Authorization": f"Bearer {token}"}
     found = await (
-        await client.get("/api/v1/recordings", params={"phone": "+1 212-555-0999"}, headers=auth)
+        await client.post("/api/v1/recordings/search", json={"phone": "+1 212-555-0999"}, headers=auth)
     ).json()
     assert len(found["items"]) == 1
     both = await (
-        await client.get("/api/v1/recordings", params={"phone": "+16465550199"}, headers=auth)
+        await client.post("/api/v1/recordings/search", json={"phone": "+16465550199"}, headers=auth)
     ).json()
     assert len(both["items"]) == 2
     none = await (
-        await client.get("/api/v1/recordings", params={"phone": "+12125550000"}, headers=auth)
+        await client.post("/api/v1/recordings/search", json={"phone": "+12125550000"}, headers=auth)
     ).json()
     assert none["items"] == []
     async with client.app[db_key].acquire() as conn:

@@ -188,7 +188,7 @@ async def test_a_killed_workers_job_is_taken_over_within_a_minute(
     audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     await queue_recordings(client, fake_twilio, audio, 1)
     fake_twilio.media_gate = asyncio.Event()  # the download lasts until the worker is dead
-    env = {**worker_env(tmp_path, database_url), "CALLREC_INGEST__WORKERS": "1"}
+    env = {**worker_env(tmp_path, database_url, fake_twilio.base), "CALLREC_INGEST__WORKERS": "1"}
     first = await Running.start(env)
     second: Running | None = None
     try:
@@ -231,7 +231,7 @@ async def test_sigterm_lets_the_running_job_finish_and_claims_no_more(
     await queue_recordings(client, fake_twilio, audio, 2)
     fake_twilio.media_gate = asyncio.Event()
     env = {
-        **worker_env(tmp_path, database_url),
+        **worker_env(tmp_path, database_url, fake_twilio.base),
         "CALLREC_INGEST__WORKERS": "1",
         "CALLREC_SERVER__PORT": "0",  # serve: any free port
         "CALLREC_RETENTION__SWEEP_IN_SERVE": "false",
@@ -264,7 +264,7 @@ async def test_a_job_that_outlasts_the_grace_is_put_back_for_another_worker(
     audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     await queue_recordings(client, fake_twilio, audio, 1)
     fake_twilio.media_gate = asyncio.Event()  # this download outlasts the grace
-    env = {**worker_env(tmp_path, database_url), "CALLREC_INGEST__WORKERS": "1"}
+    env = {**worker_env(tmp_path, database_url, fake_twilio.base), "CALLREC_INGEST__WORKERS": "1"}
     # The second signal cuts the default grace (25 s) short.
     stopping = await Running.start(
         {**env, "CALLREC_INGEST__SHUTDOWN_GRACE": "2s"} if ending == "grace" else env

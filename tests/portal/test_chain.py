@@ -74,7 +74,10 @@ async def test_the_status_walks_only_new_entries_until_a_full_walk_is_due(
     status.full_every = timedelta(0)
     broken = await status.check(db)
     assert not broken.ok and calls[-1] == 25
-    assert broken.problems == ["entry 3: content does not match its hash (edited)"]
+    assert broken.problems == [
+        "entry 3: content does not match its hash (edited)",
+        "entry 3: MAC does not match (edited, or rewritten without the audit key)",
+    ]
     status.full_every = timedelta(hours=1)
     again = await status.check(db)  # a break is walked in full again, never forgotten
     assert not again.ok and calls[-1] == 25

@@ -365,6 +365,8 @@ def cmd_audit_anchor(config: Config, args: argparse.Namespace) -> int:
     """Anchor the chain's head outside the database now (waiting for another writer if need be)."""
     from callrec.anchoring import AnchorError, open_anchor_store
     from callrec.anchoring.service import anchor_chain
+    from callrec.crypto.auditkeys import AuditKeyError
+    from callrec.crypto.keys import KeyProviderError
     from callrec.db.pool import create_pool
     from callrec.storage import open_object_store
 
@@ -387,7 +389,7 @@ def cmd_audit_anchor(config: Config, args: argparse.Namespace) -> int:
 
     try:
         seq, location = asyncio.run(run())
-    except AnchorError as exc:
+    except (AnchorError, AuditKeyError, KeyProviderError) as exc:
         return _fail(f"anchor not written: {exc}", 3)
     print(f"audit chain anchored at entry {seq}: {location}")
     return 0
@@ -395,6 +397,8 @@ def cmd_audit_anchor(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_audit_rotate_key(config: Config, args: argparse.Namespace) -> int:
     """A new audit key: it MACs entries and anchors from now on; older keys stay to verify."""
+    from callrec.crypto.auditkeys import AuditKeyError
+    from callrec.crypto.keys import KeyProviderError
     from callrec.db import audit
     from callrec.db.pool import create_pool
 
@@ -418,7 +422,10 @@ def cmd_audit_rotate_key(config: Config, args: argparse.Namespace) -> int:
         finally:
             await pool.close()
 
-    key_id = asyncio.run(run())
+    try:
+        key_id = asyncio.run(run())
+    except (AuditKeyError, KeyProviderError) as exc:
+        return _fail(f"no new audit key: {exc}", 3)
     print(
         f"new audit key {key_id}: it MACs entries and anchors from now on (processes already running "
         "keep using theirs until they restart); older keys are kept to verify older entries"

@@ -471,8 +471,10 @@ async def verify(
                 problems.append(
                     f"entry {seq}: made with audit key {entry.key_id}, which this deployment does not hold"
                 )
+            elif mac is None:
+                problems.append(f"entry {seq}: its MAC cannot be checked, the MAC before it is missing")
             else:
-                assert keyring is not None and mac is not None
+                assert keyring is not None  # walk.knows() said it has the key
                 walk.key_ids.add(entry.key_id)
                 if not keyring.keys.same(keyring.keys.entry_mac(entry.key_id, mac, canonical), entry.mac):
                     problems.append(

@@ -135,6 +135,16 @@ async def test_removing_the_macs_is_detected(db: asyncpg.Pool) -> None:
     assert any("chain head's MAC" in p for p in result.problems)
 
 
+async def test_one_removed_mac_is_named_and_the_next_entry_cannot_be_checked(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        await write(conn, 6)
+        result = await tamper(conn, "UPDATE audit_log SET mac = NULL, key_id = NULL WHERE seq = 3")
+    assert result.problems == [
+        "entry 3: no MAC after the checkpoint (written without the audit key, or its MAC removed)",
+        "entry 4: its MAC cannot be checked, the MAC before it is missing",
+    ]
+
+
 async def test_a_connection_without_the_key_cannot_add_to_an_authenticated_chain(
     db: asyncpg.Pool, database_url: str
 ) -> None:

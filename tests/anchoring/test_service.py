@@ -164,3 +164,38 @@ async def test_failed_anchoring_is_counted_for_the_alert(
     assert await failures() >= 1
     text = await (await client.get("/metrics")).text()
     assert "callrec_audit_anchor_last_success_timestamp_seconds 0.0" in text
+
+
+async def test_on_s3_verify_reads_the_locked_anchors_and_sees_a_truncation(
+    app_config: Any, db: asyncpg.Pool, moto_endpoint: str
+) -> None:
+    import uuid
+
+    import boto3
+    from audit_support import truncate_as_owner
+
+    from callrec.anchoring import open_anchor_store
+    from callrec.anchoring.s3 import S3AnchorStore
+    from callrec.storage import open_object_store
+
+    bucket = f"callrec-anchors-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket, ObjectLockEnabledForBucket=True
+    )
+    cfg = app_config(
+        storage={"backend": "s3", "bucket": bucket, "endpoint_url": moto_endpoint, "region": "us-east-1"}
+    )
+    object_store = open_object_store(cfg.storage, root=cfg.storage_path)
+    store = open_anchor_store(cfg, object_store)
+    try:
+        assert isinstance(store, S3AnchorStore) and store.description == f"s3://{bucket}/audit-anchors/"
+        await add(db, 6)
+        written = await anchor_chain(db, store, interval=HOUR, force=True, wait=True)
+        assert written.location is not None and written.location.startswith(f"s3://{bucket}/audit-anchors/")
+        async with db.acquire() as conn:
+            assert (await audit.verify(conn, anchors=(await store.read_all()).anchors)).anchors == 1
+            await truncate_as_owner(conn, keep=4)
+            result = await audit.verify(conn, anchors=(await store.read_all()).anchors)
+        assert any("the log ends at entry 4, but the anchor of" in p for p in result.problems)
+    finally:
+        await object_store.close()

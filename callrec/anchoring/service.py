@@ -62,7 +62,10 @@ async def last_anchor(conn: Conn) -> LastAnchor | None:
     anchor, location = found
     keyring = audit.keyring_of(conn)
     if keyring is not None and anchor.key_id not in keyring.keys:
-        await keyring.refresh(conn)
+        try:
+            await keyring.refresh(conn)  # a key rotated in by another process
+        except KeyProviderError:
+            log.warning("the audit key of the last anchor cannot be loaded now (key service unavailable)")
     authentic = keyring is not None and anchor.key_id in keyring.keys and anchor.authentic(keyring.keys)
     return LastAnchor(anchor, location, authentic)
 

@@ -20,6 +20,8 @@ import asyncpg
 from aiohttp import web
 
 from callrec.anchoring import AnchorError, AnchorStore
+from callrec.crypto.auditkeys import AuditKeyError
+from callrec.crypto.keys import KeyProviderError
 from callrec.db import audit
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,13 @@ async def run_full_walks(
     while True:
         try:
             await status.check(pool, anchors)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            TimeoutError,
+            AuditKeyError,
+            KeyProviderError,
+        ):
             log.warning("audit chain check failed; trying again later", exc_info=True)
         await asyncio.sleep(max(status.full_every.total_seconds() / 2, 1.0))

@@ -1,12 +1,17 @@
 """Audit chain verification: the full walk (``callrec audit verify``; the auditor's page before it
 kept a checkpoint) against the walk of only what was added since the last check (the page now,
-callrec.portal.chain), on chains of growing length, measured in the same run.
+callrec.portal.chain), on chains of growing length, measured in the same run. Also the cost of
+writing an entry (``callrec.db.audit.record``) before the chain was authenticated (hash only) and
+after (hash and HMAC-SHA256 under the audit key).
 
     /tmp/venv/bin/python bench/audit_verify.py [--quick] [--json]
 
 An embedded PostgreSQL (pgserver) in a temporary directory that is removed afterwards, one
-database, loopback only. Entries are written through ``callrec.db.audit.record`` (the real
-chain: hash, head row, lock), 1,000 per transaction, like a busy tenant's listings and plays.
+database, loopback only, a local keyring in the same directory. Entries are written through
+``callrec.db.audit.record`` (the real chain: hash, MAC, head row, lock), 1,000 per transaction,
+like a busy tenant's listings and plays: first ``APPEND_SAMPLE`` entries through a plain connection
+(the chain of a database not yet opened by this version), then, through a pool opened as callrec
+opens it (audit keys unwrapped, checkpoint written), everything else.
 For each length N the full walk is timed three times (median), then 100 entries are added (a few
 minutes of a busy portal) and the walk from the checkpoint is timed three times (median).
 Bounded: 200,000 entries at most (``--quick``: 50,000), and the whole run stops after 15 minutes.
@@ -27,11 +32,14 @@ from typing import Any
 import asyncpg
 from machine import loadavg, machine_info, machine_lines
 
+from callrec.config import config_from_mapping
 from callrec.db import audit
 from callrec.db.migrate import migrate
+from callrec.db.pool import create_pool
 
 PACKAGES = ("asyncpg",)
 RUN_LIMIT_S = 15 * 60
+APPEND_SAMPLE = 10_000
 
 
 async def append(pool: asyncpg.Pool, n: int) -> None:
@@ -47,6 +55,13 @@ async def append(pool: asyncpg.Pool, n: int) -> None:
                         recording_id=None,
                         details={"via": "portal", "n": start + i},
                     )
+
+
+async def append_us(pool: asyncpg.Pool, n: int) -> float:
+    """Microseconds per entry to append ``n`` entries."""
+    started = time.perf_counter()
+    await append(pool, n)
+    return (time.perf_counter() - started) / n * 1e6
 
 
 async def timed(pool: asyncpg.Pool, **kwargs: Any) -> tuple[float, audit.VerifyResult]:
@@ -69,11 +84,20 @@ async def run(lengths: list[int]) -> dict[str, Any]:
         try:
             url = server.get_uri()
             info = await machine_info(url, Path(tmp), packages=PACKAGES)
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+            plain = await asyncpg.create_pool(url, min_size=1, max_size=2)
             try:
-                async with pool.acquire() as conn:
+                async with plain.acquire() as conn:
                     await migrate(conn)
-                rows, have = [], 0
+                print(f"writing {APPEND_SAMPLE} entries without the audit key ...", file=sys.stderr)
+                hash_only_us = await append_us(plain, APPEND_SAMPLE)
+            finally:
+                await plain.close()
+            config = config_from_mapping({"data_dir": str(Path(tmp) / "data"), "database": {"url": url}})
+            pool = await create_pool(config)
+            try:
+                print(f"writing {APPEND_SAMPLE} entries with the audit key ...", file=sys.stderr)
+                mac_us = await append_us(pool, APPEND_SAMPLE)
+                rows, have = [], 2 * APPEND_SAMPLE
                 for n in lengths:
                     if time.monotonic() > deadline:
                         print(f"stopped at the time limit before {n} entries", file=sys.stderr)
@@ -83,7 +107,9 @@ async def run(lengths: list[int]) -> dict[str, Any]:
                     full_s, full = await timed(pool)
                     await append(pool, 100)
                     have = n + 100
-                    new_s, new = await timed(pool, after_seq=full.last_seq, prev_hash=full.last_hash)
+                    new_s, new = await timed(
+                        pool, after_seq=full.last_seq, prev_hash=full.last_hash, prev_mac=full.last_mac
+                    )
                     rows.append(
                         {
                             "entries": full.entries,
@@ -99,7 +125,11 @@ async def run(lengths: list[int]) -> dict[str, Any]:
         finally:
             server.cleanup()
     info["loadavg_at_end"] = loadavg()
-    return {"machine": info, "results": rows}
+    return {
+        "machine": info,
+        "append_us_per_entry": {"hash_only": hash_only_us, "hash_and_mac": mac_us},
+        "results": rows,
+    }
 
 
 def main() -> None:
@@ -107,11 +137,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="up to 50,000 entries")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
-    lengths = [10_000, 50_000] if args.quick else [10_000, 50_000, 200_000]
+    lengths = [30_000, 50_000] if args.quick else [30_000, 50_000, 200_000]
     report = asyncio.run(run(lengths))
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
+    append = report["append_us_per_entry"]
+    print(
+        f"append (record, 1,000 a transaction): {append['hash_only']:.0f} µs an entry with the hash only, "
+        f"{append['hash_and_mac']:.0f} µs with hash and MAC"
+    )
+    print()
     print("| entries | full walk | per entry | walk of the 100 added since | full / since |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for r in report["results"]:

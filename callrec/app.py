@@ -15,13 +15,15 @@ import asyncpg
 from aiohttp import web
 
 from callrec import audio, serverlog
+from callrec.anchoring import open_anchor_store
+from callrec.anchoring.service import run_periodic as run_anchoring
 from callrec.api import access as api_access
 from callrec.api import deletions as api_deletions
 from callrec.api import holds as api_holds
 from callrec.api import openapi as api_openapi
 from callrec.api import recordings as api_recordings
 from callrec.api.body import clean_text
-from callrec.appkeys import batcher_key, config_key, db_key, keys_key, store_key
+from callrec.appkeys import anchors_key, batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config
 from callrec.crypto.keys import open_key_provider
 from callrec.db.pool import DatabaseUnavailable, create_pool
@@ -226,7 +228,9 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
             await asyncio.to_thread(provider.ensure_tenant, tenant)
         app[keys_key] = TenantKeys(provider)
         app[store_key] = open_object_store(config.storage, root=config.storage_path)
-        app[db_key] = await create_pool(config)
+        app[anchors_key] = open_anchor_store(config, app[store_key])
+        # Unwraps the audit keys once, here: no key-service call ever happens under the chain lock.
+        app[db_key] = await create_pool(config, key_provider=provider)
         app[batcher_key] = JobBatcher(app[db_key])
         try:
             yield
@@ -241,7 +245,18 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
             tasks.append(asyncio.create_task(run_sweeper(app)))
         if run_workers:
             # The audit chain's full walk, kept fresh for the auditors' page (callrec.portal.chain).
-            tasks.append(asyncio.create_task(run_full_walks(app, app[db_key])))
+            tasks.append(asyncio.create_task(run_full_walks(app, app[db_key], app[anchors_key])))
+            # Anchoring the chain outside the database; processes elect one writer (callrec.anchoring).
+            tasks.append(
+                asyncio.create_task(
+                    run_anchoring(
+                        app[db_key],
+                        app[anchors_key],
+                        interval=config.audit.anchor_interval,
+                        failures=app[metrics_key].audit_anchor_failures,
+                    )
+                )
+            )
         try:
             yield
         finally:

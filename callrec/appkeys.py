@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from callrec.anchoring import AnchorStore
 from callrec.config import Config
 from callrec.ingest.batcher import JobBatcher
 from callrec.keyring import TenantKeys
@@ -15,3 +16,4 @@ db_key = web.AppKey("db", asyncpg.Pool)
 store_key = web.AppKey("store", ObjectStore)
 keys_key = web.AppKey("keys", TenantKeys)
 batcher_key = web.AppKey("batcher", JobBatcher)
+anchors_key = web.AppKey("anchors", AnchorStore)

@@ -145,10 +145,22 @@ def cmd_storage_check(config: Config, args: argparse.Namespace) -> int:
 
     async def run() -> list[Any]:
         try:
-            findings = await check_bucket(store, retention=retention)
+            findings = await check_bucket(
+                store,
+                retention=retention,
+                anchor_prefix=config.audit.anchor_prefix,
+                anchor_retention=config.audit.anchor_retention,
+            )
             if args.apply:
                 chosen = [f for f in findings if not (args.no_object_lock and f.name == "object-lock")]
-                findings = await apply_fixes(store, chosen, retention=retention, margin=timedelta(days=7))
+                findings = await apply_fixes(
+                    store,
+                    chosen,
+                    retention=retention,
+                    margin=timedelta(days=7),
+                    anchor_prefix=config.audit.anchor_prefix,
+                    anchor_retention=config.audit.anchor_retention,
+                )
             return findings
         finally:
             await store.close()
@@ -210,7 +222,7 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from callrec.db.pool import connect
 
     async def run() -> list[str]:
-        async with connect(config) as conn:
+        async with connect(config, audit_keys=False) as conn:
             return await migrate(conn)
 
     applied = asyncio.run(run())
@@ -284,22 +296,160 @@ def cmd_keys_rotate(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# `callrec audit verify` exit codes, for scripts and monitoring.
+VERIFY_INTACT = 0  # hash chain, MACs, checkpoint and anchors all agree
+VERIFY_BROKEN = 1  # evidence of tampering (each problem printed)
+VERIFY_UNCHECKED = 3  # could not finish: the key service or the anchor store is unavailable
+VERIFY_UNAUTHENTICATED = 4  # the hash chain is intact but has never been authenticated (no checkpoint)
+
+
 def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
+    """Every entry's hash link and MAC, the checkpoint, and the chain against every anchor in the
+    anchor store. Prints counts and problems: sequence numbers and key ids, no personal data."""
+    from callrec.anchoring import AnchorError, AnchorsRead, open_anchor_store
+    from callrec.crypto.auditkeys import AuditKeyError, AuditKeyring
+    from callrec.crypto.keys import KeyProviderError, open_key_provider
     from callrec.db import audit
     from callrec.db.pool import connect
+    from callrec.storage import open_object_store
 
-    async def run() -> audit.VerifyResult:
-        async with connect(config) as conn:
-            return await audit.verify(conn)
+    async def run() -> tuple[audit.VerifyResult, AnchorsRead | None, str]:
+        store = open_object_store(config.storage, root=config.storage_path)
+        anchors = open_anchor_store(config, store)
+        try:
+            try:
+                found: AnchorsRead | None = await anchors.read_all()
+                note = ""
+            except AnchorError as exc:
+                found, note = None, str(exc)
+            provider = await asyncio.to_thread(
+                open_key_provider, config.keys, keyring_path=config.keyring_path
+            )
+            async with connect(config, audit_keys=False) as conn:
+                # Only what exists: verifying never makes a key or a checkpoint.
+                conn.audit_keyring = await AuditKeyring.open(conn, provider, create=False)
+                result = await audit.verify(conn, anchors=found.anchors if found is not None else None)
+            return result, found, note
+        finally:
+            await store.close()
 
-    result = asyncio.run(run())
-    if result.ok:
-        print(f"audit log intact: {result.entries} entries, chain head at {result.head_seq}")
-        return 0
-    print(f"audit log BROKEN ({result.entries} entries read):", file=sys.stderr)
-    for problem in result.problems[:100]:
-        print(f"  {problem}", file=sys.stderr)
-    return 1
+    try:
+        result, found, note = asyncio.run(run())
+    except (KeyProviderError, AuditKeyError) as exc:
+        return _fail(f"audit log NOT VERIFIED: {exc}", VERIFY_UNCHECKED)
+    problems = [*result.problems, *(found.problems if found is not None else [])]
+    if problems:
+        print(f"audit log BROKEN ({result.entries} entries read):", file=sys.stderr)
+        for problem in problems[:100]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(problems) > 100:
+            print(f"  ... and {len(problems) - 100} more", file=sys.stderr)
+        return VERIFY_BROKEN
+    print(f"audit log intact: {result.entries} entries, chain head at {result.head_seq}")
+    if result.authenticated:
+        keys = ", ".join(map(str, result.key_ids)) or "none yet"
+        before = (
+            f"; entries 1 to {result.checkpoint_seq} by the hash chain up to it"
+            if result.checkpoint_seq
+            else ""
+        )
+        print(
+            f"  MACs: checked from the checkpoint at entry {result.checkpoint_seq} on "
+            f"(audit keys {keys}){before}"
+        )
+    if found is None:
+        print(f"audit log NOT VERIFIED against its anchors: {note}", file=sys.stderr)
+        return VERIFY_UNCHECKED
+    if result.newest_anchor is not None:
+        newest = result.newest_anchor
+        print(
+            f"  anchors: {result.anchors} checked; the newest, of {newest.at:%Y-%m-%d %H:%M:%S} UTC, "
+            f"records entry {newest.seq}"
+        )
+    else:
+        print(
+            "  anchors: none yet (`callrec audit anchor` writes one; `callrec serve` every anchor_interval)"
+        )
+    if not result.authenticated and result.entries:
+        print(
+            "audit log NOT AUTHENTICATED: no checkpoint yet, so the hash chain alone vouches for it; "
+            "the first start of callrec serve (or of any command that writes) authenticates it",
+            file=sys.stderr,
+        )
+        return VERIFY_UNAUTHENTICATED
+    return VERIFY_INTACT
+
+
+def cmd_audit_anchor(config: Config, args: argparse.Namespace) -> int:
+    """Anchor the chain's head outside the database now (waiting for another writer if need be)."""
+    from callrec.anchoring import AnchorError, open_anchor_store
+    from callrec.anchoring.service import anchor_chain
+    from callrec.crypto.auditkeys import AuditKeyError
+    from callrec.crypto.keys import KeyProviderError
+    from callrec.db.pool import create_pool
+    from callrec.storage import open_object_store
+
+    async def run() -> tuple[int, str]:
+        store = open_object_store(config.storage, root=config.storage_path)
+        pool = await create_pool(config)
+        try:
+            outcome = await anchor_chain(
+                pool,
+                open_anchor_store(config, store),
+                interval=config.audit.anchor_interval,
+                force=True,
+                wait=True,
+            )
+            assert outcome.anchor is not None and outcome.location is not None
+            return outcome.anchor.seq, outcome.location
+        finally:
+            await pool.close()
+            await store.close()
+
+    try:
+        seq, location = asyncio.run(run())
+    except (AnchorError, AuditKeyError, KeyProviderError) as exc:
+        return _fail(f"anchor not written: {exc}", 3)
+    print(f"audit chain anchored at entry {seq}: {location}")
+    return 0
+
+
+def cmd_audit_rotate_key(config: Config, args: argparse.Namespace) -> int:
+    """A new audit key: it MACs entries and anchors from now on; older keys stay to verify."""
+    from callrec.crypto.auditkeys import AuditKeyError
+    from callrec.crypto.keys import KeyProviderError
+    from callrec.db import audit
+    from callrec.db.pool import create_pool
+
+    async def run() -> int:
+        pool = await create_pool(config)
+        try:
+            async with pool.acquire() as conn:
+                keyring = audit.keyring_of(conn)
+                assert keyring is not None  # create_pool attaches it
+                key_id = await keyring.rotate(conn)
+                async with conn.transaction():
+                    for tenant in config.tenants:  # each tenant's auditor sees it in their log
+                        await audit.record(
+                            conn,
+                            tenant=tenant,
+                            actor="cli",
+                            action=audit.AuditAction.KEYS_ROTATED,
+                            details={"audit_key_id": key_id},
+                        )
+            return key_id
+        finally:
+            await pool.close()
+
+    try:
+        key_id = asyncio.run(run())
+    except (AuditKeyError, KeyProviderError) as exc:
+        return _fail(f"no new audit key: {exc}", 3)
+    print(
+        f"new audit key {key_id}: it MACs entries and anchors from now on (processes already running "
+        "keep using theirs until they restart); older keys are kept to verify older entries"
+    )
+    return 0
 
 
 def cmd_jobs_list(config: Config, args: argparse.Namespace) -> int:
@@ -500,7 +650,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit_p = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit_command", required=True
     )
-    audit_p.add_parser("verify", help="check the hash chain end to end").set_defaults(func=cmd_audit_verify)
+    audit_p.add_parser(
+        "verify",
+        help="check the hash chain, every MAC and every anchor; exit 0 intact, 1 broken, "
+        "3 could not check, 4 not yet authenticated",
+    ).set_defaults(func=cmd_audit_verify)
+    audit_p.add_parser("anchor", help="anchor the chain's head outside the database now").set_defaults(
+        func=cmd_audit_anchor
+    )
+    audit_p.add_parser(
+        "rotate-key", help="a new audit key for MACs from now on; older keys stay to verify"
+    ).set_defaults(func=cmd_audit_rotate_key)
 
     user = sub.add_parser("user", help="staff accounts for the portal").add_subparsers(
         dest="user_command", required=True

@@ -49,8 +49,12 @@ DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
 DEFAULT_VONAGE_API_BASE = "https://api.nexmo.com"
 DEFAULT_PLIVO_API_BASE = "https://api.plivo.com"
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdy])\s*$")
+# A year is 366 days, so that a period kept "for 7 years" never ends before seven calendar years.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 366 * 86400}
+# Keys that may be given in years: periods of keeping evidence, never of keeping personal data,
+# where a year of 366 days would keep it a day too long.
+_YEAR_KEYS = frozenset({"audit.anchor_retention"})
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -58,13 +62,14 @@ class ConfigError(Exception):
     """A configuration problem; the message names the offending key."""
 
 
-def parse_duration(value: object, *, key: str) -> timedelta:
-    """Parse ``"90d"``, ``"12h"``, ``"30m"`` or ``"45s"``."""
+def parse_duration(value: object, *, key: str, years: bool = False) -> timedelta:
+    """Parse ``"90d"``, ``"12h"``, ``"30m"`` or ``"45s"``; with ``years``, also ``"7y"`` (366 days each)."""
     if not isinstance(value, str):
         raise ConfigError(f'{key}: expected a duration such as "90d", got {value!r}')
     match = _DURATION.match(value)
-    if not match or int(match.group(1)) <= 0:
-        raise ConfigError(f"{key}: expected a positive duration with unit s, m, h or d, got {value!r}")
+    if not match or int(match.group(1)) <= 0 or (match.group(2) == "y" and not years):
+        units = "s, m, h, d or y" if years else "s, m, h or d"
+        raise ConfigError(f"{key}: expected a positive duration with unit {units}, got {value!r}")
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
@@ -288,6 +293,20 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: anchoring the audit chain's head outside the database (:mod:`callrec.anchoring`)."""
+
+    anchor_interval: timedelta = timedelta(hours=1)
+    # S3 Object Lock (compliance mode) keeps each anchor object this long; nobody can shorten it.
+    anchor_retention: timedelta = timedelta(days=7 * 366)
+    # S3: where the anchors go, outside storage.prefix so that the recordings' lifecycle rules
+    # never apply to them.
+    anchor_prefix: str = "audit-anchors/"
+    # Filesystem backend: the append-only anchor file; empty: <data_dir>/audit-anchors.jsonl.
+    anchor_path: str = ""
+
+
+@dataclass(frozen=True)
 class AnnouncementConfig:
     """A registered announcement prompt: ``[tenants.<t>.announcements.<id>]``."""
 
@@ -366,6 +385,7 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     tenants: Mapping[str, TenantConfig] = field(
         default_factory=lambda: {DEFAULT_TENANT: _tenant(DEFAULT_TENANT, {})}
     )
@@ -384,6 +404,12 @@ class Config:
     def keyring_path(self) -> Path:
         return Path(self.keys.path) if self.keys.path else self.data_dir / "keyring.json"
 
+    @property
+    def anchor_path(self) -> Path:
+        return (
+            Path(self.audit.anchor_path) if self.audit.anchor_path else self.data_dir / "audit-anchors.jsonl"
+        )
+
     def tenant(self, name: str) -> TenantConfig | None:
         return self.tenants.get(name)
 
@@ -397,6 +423,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "keys": KeysConfig,
     "ingest": IngestConfig,
     "retention": RetentionConfig,
+    "audit": AuditConfig,
 }
 _CHOICES = {
     "storage.backend": ("filesystem", "s3"),
@@ -425,7 +452,7 @@ def _coerce(key: str, value: object, default: object) -> object:
             raise ConfigError(f"{key}: {out} is out of range")
         return out
     if isinstance(default, timedelta):
-        return parse_duration(value, key=key)
+        return parse_duration(value, key=key, years=key in _YEAR_KEYS)
     if isinstance(default, HostAllowList):
         return HostAllowList.parse(_strings(key, value), key=key)
     if isinstance(default, tuple):
@@ -589,6 +616,25 @@ def _seconds(value: timedelta) -> str:
     return f"{value.total_seconds():g}s"
 
 
+_KEY_PREFIX = re.compile(r"^([A-Za-z0-9_-][A-Za-z0-9._-]*/)+$")
+
+
+def _check_anchor_prefix(audit: AuditConfig, storage: StorageConfig) -> None:
+    """The anchors' S3 prefix: object-key segments ending in "/", and apart from the recordings'
+    prefix, whose lifecycle rules (``callrec storage check``) expire what lies under it."""
+    prefix = audit.anchor_prefix
+    if not _KEY_PREFIX.match(prefix) or len(prefix) > 100:
+        raise ConfigError(
+            f'audit.anchor_prefix: expected segments of [A-Za-z0-9._-] ending in "/", such as '
+            f'"audit-anchors/", got {prefix!r}'
+        )
+    if storage.backend == "s3" and (prefix.startswith(storage.prefix) or storage.prefix.startswith(prefix)):
+        raise ConfigError(
+            f"audit.anchor_prefix: {prefix!r} overlaps storage.prefix {storage.prefix!r}; the recordings' "
+            "lifecycle rules apply under storage.prefix, so the anchors need a prefix of their own"
+        )
+
+
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:
     top: dict[str, Any] = {}
     for key, value in raw.items():
@@ -624,6 +670,7 @@ def config_from_mapping(raw: Mapping[str, Any]) -> Config:
             f"ingest.heartbeat: must be at most half of ingest.lease ({_seconds(ingest.lease)}) so that a "
             f"failed renewal is retried before the lease runs out, got {_seconds(ingest.heartbeat)}"
         )
+    _check_anchor_prefix(sections["audit"], storage)
     server: ServerConfig = sections["server"]
     if server.public_base_url and not re.match(r"^https?://[^/\s]+(/.*)?$", server.public_base_url):
         raise ConfigError(f"server.public_base_url: expected an http(s) URL, got {server.public_base_url!r}")

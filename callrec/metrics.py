@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from callrec.anchoring.service import last_anchor
 from callrec.appkeys import db_key
 
 
@@ -60,6 +61,19 @@ class Metrics:
             "Age of the oldest job that is due and not yet done",
             registry=self.registry,
         )
+        # Anchoring the audit chain outside the database (callrec.anchoring): the newest anchor's
+        # time, read at scrape time from the database and believed only when its MAC checks out
+        # (0 when there is none), and this process's failed attempts. Alert on either.
+        self.audit_anchor_last_success = Gauge(
+            "callrec_audit_anchor_last_success_timestamp_seconds",
+            "Unix time of the newest anchor of the audit chain written outside the database",
+            registry=self.registry,
+        )
+        self.audit_anchor_failures = Counter(
+            "callrec_audit_anchor_failures",
+            "Failed attempts of this process to anchor the audit chain",
+            registry=self.registry,
+        )
 
 
 metrics_key = web.AppKey("metrics", Metrics)
@@ -74,9 +88,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
                WHERE state = 'queued' AND run_at <= now()
                   OR state = 'running' AND lease_until < now()"""
         )
+        anchor = await last_anchor(conn)
     counts = {r["state"]: r["n"] for r in rows}
     for state in ("queued", "running", "done", "dead"):
         metrics.queue_jobs.labels(state).set(counts.get(state, 0))
     metrics.queue_oldest.set(float(oldest or 0))
+    metrics.audit_anchor_last_success.set(anchor.anchor.at.timestamp() if anchor and anchor.authentic else 0)
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

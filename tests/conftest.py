@@ -98,9 +98,12 @@ async def database_url(pg_root_url: str, pg_template: str) -> AsyncIterator[str]
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    assert pool is not None
+async def db(config: Any) -> AsyncIterator[asyncpg.Pool]:
+    """A pool as callrec opens it: its connections carry the audit keys of the test's keyring
+    (the one ``config`` and the app use), so that audit entries are MACed and verified."""
+    from callrec.db.pool import create_pool
+
+    pool = await create_pool(config)
     try:
         yield pool
     finally:

@@ -325,3 +325,86 @@ def test_storage_check_reports_and_applies(
 def test_storage_check_is_for_s3_only(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["storage", "check"]) == 2
     assert "s3 backend" in capsys.readouterr().err
+
+
+def owner(url: str, attack: Any, **kwargs: Any) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await attack(conn, **kwargs)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def tokens(n: int) -> None:
+    for i in range(n):
+        assert main(["token", "create", f"t{i}", "--scope", "recordings:read", "--tenant", "acme"]) == 0
+
+
+def test_audit_verify_detects_the_rewrite_of_issue_9(
+    env: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The attack of issue 9 (defect 3): as the database's owner, change an entry's actor and
+    recompute every later hash and the head with callrec's own functions. Main said "intact"."""
+    from audit_support import rewrite_as_owner
+
+    tokens(5)
+    assert main(["audit", "verify"]) == 0
+    owner(database_url, rewrite_as_owner, seq=2, actor="someone-else")
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 1
+    captured = capsys.readouterr()
+    assert "audit log BROKEN" in captured.err and "intact" not in captured.out
+    assert "entry 2: MAC does not match" in captured.err
+
+
+def test_audit_anchor_and_verify_catch_a_truncation(
+    env: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audit_support import truncate_as_owner
+
+    tokens(4)
+    assert main(["audit", "anchor"]) == 0
+    assert "audit chain anchored at entry 4" in capsys.readouterr().out
+    assert (env / "data" / "audit-anchors.jsonl").read_text().count("\n") == 1
+    assert main(["audit", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert "intact: 4 entries" in out and "anchors: 1 checked" in out and "records entry 4" in out
+    owner(database_url, truncate_as_owner, keep=2)
+    assert main(["audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "the log ends at entry 2, but the anchor of" in err and "entries were removed" in err
+
+
+def test_audit_rotate_key_keeps_older_entries_verifiable(
+    env: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens(2)
+    assert main(["audit", "rotate-key"]) == 0
+    assert "new audit key 2" in capsys.readouterr().out
+    tokens(1)
+    assert main(["audit", "verify"]) == 0
+    assert "audit keys 1, 2" in capsys.readouterr().out
+    rows = query(database_url, "SELECT key_id, action, details FROM audit_log ORDER BY seq")
+    assert [r["key_id"] for r in rows] == [1, 1, 2, 2]  # the rotation's own entry is MACed with key 2
+    assert rows[2]["action"] == "keys:rotated" and '"audit_key_id": 2' in rows[2]["details"]
+
+
+def test_audit_verify_exit_codes_for_an_unauthenticated_chain_and_unreadable_anchors(
+    env: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audit_support import legacy_append
+
+    owner(database_url, legacy_append, n=3)  # a log written before this version, never opened by it
+    assert main(["audit", "verify"]) == 4
+    assert "NOT AUTHENTICATED" in capsys.readouterr().err
+    assert query(database_url, "SELECT count(*) AS n FROM audit_keys")[0]["n"] == 0  # verify made none
+    tokens(1)  # the first opening by this version checkpoints the chain
+    assert main(["audit", "verify"]) == 0
+    assert "checkpoint at entry 3" in capsys.readouterr().out
+    (env / "unreadable").mkdir()
+    monkeypatch.setenv("CALLREC_AUDIT__ANCHOR_PATH", str(env / "unreadable"))
+    assert main(["audit", "verify"]) == 3
+    assert "NOT VERIFIED against its anchors" in capsys.readouterr().err

@@ -70,12 +70,41 @@ def test_file_and_environment_overrides(tmp_path: Path) -> None:
         ({"tenants": {"acme": {"delete_provider_copy": "sometimes"}}}, "tenants.acme.delete_provider_copy"),
         ({"tenants": {"acme": {"retention_days": 3}}}, "tenants.acme.retention_days"),
         ({"server": {"public_base_url": "callrec.example.com"}}, "server.public_base_url"),
+        ({"audit": {"anchor_intervall": "1h"}}, "audit.anchor_intervall"),
+        ({"audit": {"anchor_interval": "0h"}}, "audit.anchor_interval"),
+        ({"audit": {"anchor_interval": "1y"}}, "audit.anchor_interval"),  # years only for retention
+        ({"audit": {"anchor_retention": "forever"}}, "audit.anchor_retention"),
+        ({"audit": {"anchor_prefix": "anchors"}}, "audit.anchor_prefix"),
+        ({"audit": {"anchor_prefix": "../anchors/"}}, "audit.anchor_prefix"),
+        (
+            {"storage": {"backend": "s3", "bucket": "b"}, "audit": {"anchor_prefix": "recordings/anchors/"}},
+            "audit.anchor_prefix",
+        ),
+        ({"storage": {"backend": "s3", "bucket": "b", "prefix": ""}}, "audit.anchor_prefix"),
     ],
 )
 def test_bad_config_names_the_key(raw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_mapping(raw)
     assert key in str(info.value)
+
+
+def test_audit_section_defaults_and_years() -> None:
+    from datetime import timedelta
+
+    cfg = config_from_mapping({"data_dir": "/srv/callrec"})
+    assert cfg.audit.anchor_interval == timedelta(hours=1)
+    assert cfg.audit.anchor_retention == timedelta(days=7 * 366)  # never short of seven calendar years
+    assert cfg.audit.anchor_prefix == "audit-anchors/"
+    assert cfg.anchor_path == Path("/srv/callrec/audit-anchors.jsonl")
+    cfg = load_config(
+        None,
+        environ={"CALLREC_AUDIT__ANCHOR_RETENTION": "10y", "CALLREC_AUDIT__ANCHOR_INTERVAL": "15m"},
+    )
+    assert cfg.audit.anchor_retention == timedelta(days=3660)
+    assert cfg.audit.anchor_interval == timedelta(minutes=15)
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.retention"):  # years are for evidence only
+        config_from_mapping({"tenants": {"acme": {"retention": "1y"}}})
 
 
 def test_environment_typo_is_an_error() -> None:

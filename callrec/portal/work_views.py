@@ -11,15 +11,16 @@ import csv
 import io
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp_jinja2
 from aiohttp import web
 
+from callrec.anchoring.service import last_anchor
 from callrec.api.body import parse_time
-from callrec.appkeys import config_key, db_key, keys_key
+from callrec.appkeys import anchors_key, config_key, db_key, keys_key
 from callrec.consent import quarantine
 from callrec.db import audit, deletions, holds, jobs, recordings, staff
 from callrec.errors import BadRequest
@@ -294,7 +295,11 @@ async def _actor_names(request: web.Request) -> dict[str, str]:
 async def audit_page(request: web.Request) -> web.Response:
     roles.require(staff_user(request).role, roles.AUDIT_LOG)
     rows = await _audit_rows(request, AUDIT_PAGE + 1)
-    verified = await request.app[chain_key].check(request.app[db_key])
+    verified = await request.app[chain_key].check(request.app[db_key], request.app[anchors_key])
+    async with request.app[db_key].acquire() as conn:
+        anchor = await last_anchor(conn)
+    interval = request.app[config_key].audit.anchor_interval
+    now = datetime.now(UTC)
     filters = {k: v for k, v in request.query.items() if v and k != "before"}
     older = urlencode({**filters, "before": rows[AUDIT_PAGE - 1].seq}) if len(rows) > AUDIT_PAGE else None
     return aiohttp_jinja2.render_template(
@@ -305,12 +310,27 @@ async def audit_page(request: web.Request) -> web.Response:
             rows=rows[:AUDIT_PAGE],
             q=request.query,
             verified=verified,
+            anchor=anchor,
+            anchor_age=_age(anchor.age(now)) if anchor else "",
+            # Late: two intervals without a new anchor (the alert in the README fires then too).
+            anchor_late=anchor is None or not anchor.authentic or anchor.age(now) > 2 * interval,
+            anchor_store=request.app[anchors_key].description,
             actions=[a.value for a in audit.AuditAction],
             names=await _actor_names(request),
             export=urlencode(filters),
             older=older,
         ),
     )
+
+
+def _age(age: timedelta) -> str:
+    """``"3 min"``, ``"2 h 5 min"``, ``"4 days"``: how long ago, for a person."""
+    minutes = max(int(age.total_seconds() // 60), 0)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes // (24 * 60)} days"
 
 
 async def audit_csv(request: web.Request) -> web.Response:

@@ -26,6 +26,12 @@ What callrec needs from the bucket, and why:
   encrypts before upload); this is defence in depth for anything else written to the bucket.
 - **public access block** with all four flags on.
 
+- **audit anchors** (only when asked, as ``callrec storage check`` does): the audit chain's
+  anchors (:mod:`callrec.anchoring.s3`) are objects under their own prefix, outside the store's,
+  locked in compliance mode, which needs Object Lock on the bucket; and no lifecycle rule may
+  expire what lies under that prefix before the anchors' retention ends (S3 would not delete a
+  locked version, but a rule meant for recordings has no business there).
+
 A requirement met by a rule under another ID (infrastructure code often writes its own) counts
 as met. :func:`apply_fixes` only adds or replaces ``callrec-backstop-*`` rules and leaves every
 other lifecycle rule as it is.
@@ -63,6 +69,7 @@ ABORT_MULTIPART = "lifecycle-abort-multipart"
 OTHER_RULES = "lifecycle-other-rules"
 ENCRYPTION = "default-encryption"
 PUBLIC_ACCESS = "public-access-block"
+ANCHORS = "audit-anchors"
 
 BACKSTOP_RULE_PREFIX = "callrec-backstop-"
 RULE_IDS = {
@@ -134,23 +141,39 @@ class _State:
     prefix: str
     sse: str = ""
     rules: tuple[_Rule, ...] = ()
+    anchor_prefix: str | None = None  # checked only when given
+    anchor_retention: timedelta = timedelta(0)
 
 
 async def check_bucket(
-    store: S3ObjectStore, *, retention: timedelta, margin: timedelta = timedelta(days=7)
+    store: S3ObjectStore,
+    *,
+    retention: timedelta,
+    margin: timedelta = timedelta(days=7),
+    anchor_prefix: str | None = None,
+    anchor_retention: timedelta = timedelta(0),
 ) -> list[Finding]:
     """Read the bucket's configuration and report each requirement, in a fixed order.
 
-    ``retention`` is the longest retention of any tenant. Raises :class:`StoreUnavailable`
-    when the bucket is missing or the endpoint cannot be reached; a setting that cannot be
-    read (no permission, not implemented by the server) is reported as ``unknown``."""
+    ``retention`` is the longest retention of any tenant. With ``anchor_prefix``, the audit
+    anchors' requirements are reported last (``anchor_retention``: how long they are locked).
+    Raises :class:`StoreUnavailable` when the bucket is missing or the endpoint cannot be
+    reached; a setting that cannot be read (no permission, not implemented by the server) is
+    reported as ``unknown``."""
     _validate(retention, margin)
     await store.check()
-    return _evaluate(await _read_state(store), retention=retention, margin=margin)
+    state = replace(await _read_state(store), anchor_prefix=anchor_prefix, anchor_retention=anchor_retention)
+    return _evaluate(state, retention=retention, margin=margin)
 
 
 async def apply_fixes(
-    store: S3ObjectStore, findings: list[Finding], *, retention: timedelta, margin: timedelta
+    store: S3ObjectStore,
+    findings: list[Finding],
+    *,
+    retention: timedelta,
+    margin: timedelta,
+    anchor_prefix: str | None = None,
+    anchor_retention: timedelta = timedelta(0),
 ) -> list[Finding]:
     """Set what ``findings`` report missing or wrong, where callrec can, then check again and
     return the new findings. Leave a finding out of ``findings`` to leave that setting alone (for
@@ -188,7 +211,13 @@ async def apply_fixes(
             for name in todo:
                 refused[name] = f"--apply failed: S3 refused {operation} ({code})"
 
-    after = await check_bucket(store, retention=retention, margin=margin)
+    after = await check_bucket(
+        store,
+        retention=retention,
+        margin=margin,
+        anchor_prefix=anchor_prefix,
+        anchor_retention=anchor_retention,
+    )
     return [
         replace(f, fixable=False, detail=f"{f.detail}; {refused[f.name]}")
         if f.name in refused and f.status != "ok"
@@ -282,6 +311,8 @@ def _evaluate(state: _State, *, retention: timedelta, margin: timedelta) -> list
     findings = [versioning, object_lock]
     findings += _lifecycle(state, retention=retention, margin=margin)
     findings += [_encryption(state), _public_access(state)]
+    if state.anchor_prefix is not None:
+        findings.append(_anchors(state, state.anchor_prefix))
     return findings
 
 
@@ -486,6 +517,58 @@ def _public_access(state: _State) -> Finding:
     if off:
         return Finding(PUBLIC_ACCESS, "wrong", f"off: {', '.join(off)}", True)
     return Finding(PUBLIC_ACCESS, "ok", "all four flags on", False)
+
+
+def _anchors(state: _State, anchor_prefix: str) -> Finding:
+    """The audit anchors' prefix: apart from the store's, lockable, and free of expiring rules."""
+    if anchor_prefix.startswith(state.prefix) or state.prefix.startswith(anchor_prefix):
+        return Finding(
+            ANCHORS,
+            "wrong",
+            f"the anchors' prefix {anchor_prefix!r} overlaps the store's {state.prefix!r}",
+            False,
+        )
+    lock = _lock_enabled(state)
+    if lock is None:
+        return _unknown(ANCHORS, state.object_lock, "GetObjectLockConfiguration")
+    if not lock:
+        return Finding(
+            ANCHORS,
+            "missing",
+            "anchors are locked in compliance mode, which needs Object Lock on the bucket; "
+            "until it is enabled (see object-lock) no anchor is written",
+            False,
+        )
+    if state.lifecycle.error:
+        return _unknown(ANCHORS, state.lifecycle, "GetBucketLifecycleConfiguration")
+    keep = _days(state.anchor_retention) if state.anchor_retention > timedelta(0) else 0
+
+    def early(rule: _Rule) -> bool:
+        expiration = rule.get("Expiration", {})
+        noncurrent = rule.get("NoncurrentVersionExpiration", {})
+        return (
+            "Date" in expiration
+            or 0 < _int(expiration.get("Days")) < max(keep, 1)
+            or 0 < _int(noncurrent.get("NoncurrentDays")) < max(keep, 1)
+        )
+
+    touching = [r for r in state.rules if _enabled(r) and _overlaps(r, anchor_prefix) and early(r)]
+    if touching:
+        ids = ", ".join(repr(r.get("ID", "")) for r in touching)
+        return Finding(
+            ANCHORS,
+            "wrong",
+            f"rule {ids} expires objects under the anchors' prefix {anchor_prefix!r} before their "
+            f"retention of {keep} days ends; scope it to other prefixes",
+            False,
+        )
+    return Finding(
+        ANCHORS,
+        "ok",
+        f"under {anchor_prefix!r}, outside {state.prefix!r}, Object Lock on, "
+        "no lifecycle rule expires them early",
+        False,
+    )
 
 
 def _days(period: timedelta) -> int:

@@ -402,3 +402,50 @@ async def test_the_backstop_rounds_up_to_whole_days(locked_store: S3ObjectStore,
     )
     lifecycle = rules(s3_client, locked_store.bucket)
     assert lifecycle["callrec-backstop-expire-current"]["Expiration"] == {"Days": 31}
+
+
+ANCHORS = {"anchor_prefix": "audit-anchors/", "anchor_retention": timedelta(days=7 * 366)}
+
+
+async def test_the_audit_anchors_prefix_is_checked_when_asked(locked_store: S3ObjectStore) -> None:
+    assert not_ok(await check(locked_store)).keys().isdisjoint({"audit-anchors"})  # not asked: not there
+    fixed = await apply_fixes(
+        locked_store, await check(locked_store), retention=RETENTION, margin=MARGIN, **ANCHORS
+    )
+    assert [f.name for f in fixed] == [*NAMES, "audit-anchors"]
+    # The backstop rules apply fixed under "recordings/": the anchors stay out of their reach.
+    assert not_ok(fixed) == {}
+    assert "'audit-anchors/'" in fixed[-1].detail
+
+
+async def test_anchors_need_object_lock(bare_store: S3ObjectStore) -> None:
+    bare = (await check_bucket(bare_store, retention=RETENTION, margin=MARGIN, **ANCHORS))[-1]
+    assert (bare.name, bare.status, bare.fixable) == ("audit-anchors", "missing", False)
+    assert "Object Lock" in bare.detail
+
+
+async def test_a_rule_that_would_expire_anchors_is_reported(
+    locked_store: S3ObjectStore, s3_client: S3Client
+) -> None:
+    s3_client.put_bucket_lifecycle_configuration(
+        Bucket=locked_store.bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "whole-bucket",
+                    "Filter": {"Prefix": ""},
+                    "Status": "Enabled",
+                    "Expiration": {"Days": 365},
+                },
+                {
+                    "ID": "after-retention",
+                    "Filter": {"Prefix": "audit-anchors/"},
+                    "Status": "Enabled",
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 3000},
+                },
+            ]
+        },
+    )
+    found = (await check_bucket(locked_store, retention=RETENTION, margin=MARGIN, **ANCHORS))[-1]
+    assert found.status == "wrong" and not found.fixable
+    assert "'whole-bucket'" in found.detail and "after-retention" not in found.detail

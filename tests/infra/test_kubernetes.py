@@ -84,6 +84,8 @@ def render_minimal(directory: Path) -> list[Doc]:
         for i in hits:
             docs[i] = operations.apply(docs[i])
     for image in kustomization.get("images", []):
+        if set(image) - {"name", "newName", "newTag"}:
+            raise NotImplementedError(f"image {image}: only name, newName and newTag")
         for doc in docs:
             spec = pod_spec(doc)
             for container in (spec or {}).get("containers", []) + (spec or {}).get("initContainers", []):

@@ -202,9 +202,16 @@ data "aws_iam_policy_document" "recordings_bucket" {
     }
 
     condition {
-      test     = "StringNotEqualsIfExists"
+      test     = "StringNotEquals"
       variable = "s3:x-amz-server-side-encryption"
       values   = ["aws:kms"]
+    }
+
+    # Only when the request names one: a missing key would make StringNotEquals true.
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["false"]
     }
   }
 
@@ -220,9 +227,16 @@ data "aws_iam_policy_document" "recordings_bucket" {
     }
 
     condition {
-      test     = "StringNotEqualsIfExists"
+      test     = "StringNotEquals"
       variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
       values   = [aws_kms_key.bucket.arn]
+    }
+
+    # Only when the request names one: a missing key would make StringNotEquals true.
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = ["false"]
     }
   }
 

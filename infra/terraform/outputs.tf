@@ -76,9 +76,10 @@ output "database_url" {
 
 output "callrec_environment" {
   description = "The configuration outputs as callrec's environment variables (a Kubernetes ConfigMap, an ECS task definition, a systemd EnvironmentFile)"
+  # A for expression rather than a conditional: the two results of a conditional must have one type.
   value = merge(
     local.callrec_environment,
-    var.create_database ? { CALLREC_DATABASE__URL = local.database_url } : {},
+    { for name, url in { CALLREC_DATABASE__URL = local.database_url } : name => url if url != null },
   )
 }
 

@@ -47,14 +47,15 @@ resource "aws_security_group" "database" {
   tags        = local.tags
 }
 
+# count, not for_each: the groups' ids are often unknown until apply, their number is not.
 resource "aws_vpc_security_group_ingress_rule" "database" {
-  for_each                     = var.create_database ? toset(var.database_client_security_group_ids) : toset([])
+  count                        = var.create_database ? length(var.database_client_security_group_ids) : 0
   security_group_id            = aws_security_group.database[0].id
   description                  = "PostgreSQL from callrec"
   ip_protocol                  = "tcp"
   from_port                    = 5432
   to_port                      = 5432
-  referenced_security_group_id = each.value
+  referenced_security_group_id = var.database_client_security_group_ids[count.index]
   tags                         = local.tags
 }
 

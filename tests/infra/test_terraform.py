@@ -367,7 +367,7 @@ def test_environment_output_matches_the_config_outputs_one_to_one(module: Module
     }
     assert from_env == from_outputs
     # database.url joins only with a database
-    assert "CALLREC_DATABASE__URL = local.database_url" in module.outputs["callrec_environment"]["value"]
+    assert "{CALLREC_DATABASE__URL = local.database_url}" in module.outputs["callrec_environment"]["value"]
     assert module.outputs["database_url"]["value"] == "${local.database_url}"
 
 

@@ -66,7 +66,13 @@ locals {
     CALLREC_KEYS__PROVIDER          = "aws-kms"
     CALLREC_KEYS__KMS_KEY_ID        = aws_kms_key.kek.arn
     CALLREC_KEYS__KMS_REGION        = local.region
+    CALLREC_AUDIT__ANCHOR_PREFIX    = var.anchor_prefix
   }
+}
+
+output "audit_anchor_prefix" {
+  description = "audit.anchor_prefix: the only prefix besides storage.prefix where the runtime role may write, and no lifecycle rule expires anything"
+  value       = var.anchor_prefix
 }
 
 output "database_url" {
@@ -108,11 +114,6 @@ output "admin_role_arn" {
 output "admin_policy_arn" {
   description = "The admin policy (bucket settings, key rotation); the admin role has the runtime policy too"
   value       = aws_iam_policy.admin.arn
-}
-
-output "anchor_prefix" {
-  description = "Where the runtime role may write the audit chain's anchors, locked in compliance mode; no lifecycle rule covers it"
-  value       = var.anchor_prefix
 }
 
 output "log_bucket" {

@@ -22,7 +22,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,7 +33,9 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.compat import HTTPHeaders
 
-from callrec.config import StorageConfig
+from callrec.anchoring import Anchor
+from callrec.anchoring.s3 import S3AnchorStore
+from callrec.config import AuditConfig, StorageConfig
 from callrec.crypto import envelope
 from callrec.crypto.keys import AwsKmsKeyProvider
 from callrec.storage import base
@@ -63,16 +65,7 @@ NOT_RECORDED = {
     ),
 }
 # Grants that no recorded call uses, and why they are there: (policy, statement sid, action).
-UNUSED_GRANTS = {
-    ("runtime", "AuditAnchors", "s3:PutObject"): (
-        "the audit chain's anchors (rule 9) are new objects under anchor_prefix; the anchoring code "
-        "is being added to callrec alongside this module"
-    ),
-    ("runtime", "AuditAnchors", "s3:PutObjectRetention"): (
-        "anchors are put with ObjectLockMode=COMPLIANCE, which S3 authorises as s3:PutObjectRetention; "
-        "granted on anchor_prefix only, never on recordings"
-    ),
-}
+UNUSED_GRANTS: dict[tuple[str, str, str], str] = {}
 # Which policy documents of iam.tf each role carries.
 ROLE_POLICIES = {"runtime": ("runtime",), "admin": ("admin", "runtime")}
 
@@ -435,6 +428,14 @@ async def _store_contract(store: S3ObjectStore, tmp: Path, patch: pytest.MonkeyP
     patch.setattr(base, "open_source", real_open)
 
 
+async def _audit_anchors(store: S3ObjectStore, *, prefix: str) -> None:
+    """What the anchoring service (`serve`, `worker`, `audit anchor`) and `audit verify` do."""
+    anchors = S3AnchorStore(store, prefix=prefix, retention=AuditConfig().anchor_retention)
+    anchor = Anchor(at=datetime.now(UTC), seq=7, head_mac=bytes(32), key_id=1, mac=bytes(range(32)))
+    await anchors.put(anchor)
+    assert (await anchors.read_all()).anchors == [anchor]
+
+
 def _kms_wrapping(provider: AwsKmsKeyProvider) -> None:
     """What ingest and playback do with the key-encryption key: wrap a recording's key, unwrap it."""
     kek = provider.kek("acme")
@@ -500,6 +501,9 @@ def deployment(
         )
 
     retention = timedelta(days=values("${var.retention_days}"))
+    anchor_prefix = values(module.outputs["audit_anchor_prefix"]["value"])
+    # as `callrec storage check` calls it: the anchors' prefix is checked too
+    anchoring = {"anchor_prefix": anchor_prefix, "anchor_retention": AuditConfig().anchor_retention}
 
     async def run_store(phase: str) -> None:
         recorder.phase = phase
@@ -507,16 +511,19 @@ def deployment(
         try:
             with pytest.MonkeyPatch.context() as patch:
                 await _store_contract(store, tmp_path_factory.mktemp("objects"), patch)
+            await _audit_anchors(store, prefix=anchor_prefix)
         finally:
             await store.close()
 
     async def run_admin() -> None:
         store, bare_store = store_on(bucket), store_on(bare)
         try:
-            findings = await check_bucket(store, retention=retention)
+            findings = await check_bucket(store, retention=retention, **anchoring)
             assert all(f.status == "ok" for f in findings), findings
-            before = await check_bucket(bare_store, retention=retention)
-            after = await apply_fixes(bare_store, before, retention=retention, margin=timedelta(days=7))
+            before = await check_bucket(bare_store, retention=retention, **anchoring)
+            after = await apply_fixes(
+                bare_store, before, retention=retention, margin=timedelta(days=7), **anchoring
+            )
             assert all(f.status == "ok" for f in after), after
         finally:
             await store.close()

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from callrec.config import Config, StorageConfig, load_config
+from callrec.config import AuditConfig, Config, StorageConfig, load_config
 from callrec.storage import check
 from callrec.storage.check import BACKSTOP_RULE_PREFIX, backstop_rules, check_bucket
 from callrec.storage.s3 import S3ObjectStore
@@ -46,7 +46,6 @@ PLATFORM_OUTPUTS = {
     "runtime_policy_arn": "the runtime policy, for a role of the platform's own",
     "admin_role_arn": "the role operators assume for storage check --apply, doctor, keys rotate",
     "admin_policy_arn": "the admin policy",
-    "anchor_prefix": "where the runtime role may write audit anchors",
     "log_bucket": "where the access logs go",
     "database_master_user_secret_arn": "where the database password is (PGPASSWORD)",
 }
@@ -61,6 +60,7 @@ REQUIRED_CONFIG = {
     ("keys", "provider"),
     ("keys", "kms_key_id"),
     ("database", "url"),
+    ("audit", "anchor_prefix"),
 }
 BUCKET_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
 KEK_ARN = "arn:aws:kms:us-east-1:123456789012:key/66666666-7777-8888-9999-000000000000"
@@ -224,7 +224,7 @@ def test_lifecycle_rules_leave_the_audit_anchors_alone(module: Module) -> None:
             assert not check._overlaps(rule, anchor_prefix), f"rule {rule['ID']} expires anchors"
         else:
             assert set(rule) == {"ID", "Status", "Filter", "AbortIncompleteMultipartUpload"}, rule
-    assert module.variables["anchor_prefix"]["default"] == "audit-anchors/"
+    assert module.variables["anchor_prefix"]["default"] == AuditConfig().anchor_prefix
 
 
 @pytest.fixture
@@ -268,9 +268,15 @@ async def test_storage_check_passes_on_the_bucket_the_module_describes(
     described_bucket: tuple[S3ObjectStore, Any, Values],
 ) -> None:
     store, _, values = described_bucket
-    findings = await check_bucket(store, retention=timedelta(days=values("${var.retention_days}")))
+    findings = await check_bucket(
+        store,
+        retention=timedelta(days=values("${var.retention_days}")),
+        # as `callrec storage check` calls it, with the anchors' prefix output as audit.anchor_prefix
+        anchor_prefix=values("${var.anchor_prefix}"),
+        anchor_retention=AuditConfig().anchor_retention,
+    )
     assert [f for f in findings if f.status != "ok"] == []
-    assert {f.name for f in findings} >= {*check.RULE_IDS, check.OBJECT_LOCK, check.ENCRYPTION}
+    assert {f.name for f in findings} >= {*check.RULE_IDS, check.OBJECT_LOCK, check.ENCRYPTION, check.ANCHORS}
 
 
 async def test_storage_check_would_notice_a_backstop_rule_missing(
@@ -383,6 +389,7 @@ def test_callrec_loads_the_environment_output(module: Module) -> None:
     assert config.keys.provider == "aws-kms"
     assert config.keys.kms_key_id == KEK_ARN
     assert config.keys.kms_region == config.storage.region == "us-east-1"
+    assert config.audit.anchor_prefix == "audit-anchors/"
 
 
 def test_database_url_has_no_password_and_verifies_tls(module: Module) -> None:

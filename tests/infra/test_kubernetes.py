@@ -13,14 +13,10 @@ checkov pins its own versions of boto3 and others, so it runs from a virtual env
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +28,14 @@ import yaml
 from callrec.cli import build_parser
 from callrec.config import IngestConfig, load_config
 
+from . import checkov_env
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "kubernetes"
 OVERLAY = K8S / "overlays" / "example"
 # A recent release that kubernetes-validate ships schemas for.
 KUBERNETES_VERSION = "1.35.0"
 UID = 10001
-CHECKOV = "checkov>=3.2,<4"
 
 Doc = dict[str, Any]
 
@@ -406,26 +403,8 @@ def test_the_namespace_enforces_the_restricted_pod_security_standard(rendered: l
 
 
 @pytest.fixture(scope="session")
-def checkov() -> Iterator[Path]:
-    """checkov in ``.venv-checkov`` (its own pins stay out of callrec's environment), installed once;
-    a lock keeps two test runs from building it at the same time."""
-    venv = ROOT / ".venv-checkov"
-    exe = venv / "bin" / "checkov"
-    lock_path = Path(tempfile.gettempdir()) / "callrec-venv-checkov.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not exe.exists():
-                subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-                (venv / ".gitignore").write_text("*\n")
-                subprocess.run(
-                    [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", CHECKOV],
-                    check=True,
-                    timeout=900,
-                )
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    yield exe
+def checkov() -> Path:
+    return checkov_env.ensure_checkov()
 
 
 def skipped_with_reasons(config: Path) -> dict[str, str]:

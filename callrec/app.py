@@ -26,6 +26,7 @@ from callrec.api.body import clean_text
 from callrec.appkeys import anchors_key, batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config
 from callrec.crypto.keys import open_key_provider
+from callrec.db.intents import ObjectCollected
 from callrec.db.pool import DatabaseUnavailable, create_pool
 from callrec.errors import BadRequest, CallrecError
 from callrec.ingest import webhooks
@@ -55,6 +56,7 @@ UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    ObjectCollected,  # an upload slower than [storage] orphan_grace: its sender sends it again
 )
 
 
@@ -201,6 +203,7 @@ async def run_sweeper(app: web.Application) -> None:
                 tenants=list(config.tenants),
                 max_attempts=config.ingest.max_attempts,
                 batch=config.retention.sweep_batch,
+                orphan_grace=config.storage.orphan_grace,
             )
         except asyncio.CancelledError:
             raise

@@ -117,18 +117,55 @@ def cmd_sweep(config: Config, args: argparse.Namespace) -> int:
                 max_attempts=config.ingest.max_attempts,
                 batch=config.retention.sweep_batch,
                 dry_run=args.dry_run,
+                orphan_grace=config.storage.orphan_grace,
             )
-            return report.as_json()
+            return {**report.as_json(), "orphan_keys": len(report.orphans.keys)}
         finally:
             await store.close()
             await pool.close()
 
     report = asyncio.run(run())
     if args.dry_run:
-        print(f"would destroy {report['expired']} expired recordings; {report['held']} expired but held")
+        print(
+            f"would destroy {report['expired']} expired recordings; {report['held']} expired but held; "
+            f"would delete {report['orphan_keys']} orphaned objects"
+        )
     else:
+        del report["orphan_keys"]
         print(json.dumps(report))
     return 0
+
+
+def cmd_storage_orphans(config: Config, args: argparse.Namespace) -> int:
+    """Delete objects whose reference never committed (what the sweeper does after expiry), found
+    through the intent rows written before each put, never by listing the bucket."""
+    from callrec.db.pool import create_pool
+    from callrec.storage import StoreUnavailable, open_object_store
+    from callrec.storage.orphans import OrphanReport, collect
+
+    async def run() -> OrphanReport:
+        pool = await create_pool(config)
+        store = open_object_store(config.storage, root=config.storage_path)
+        try:
+            return await collect(pool, store, grace=config.storage.orphan_grace, dry_run=args.dry_run)
+        finally:
+            await store.close()
+            await pool.close()
+
+    try:
+        report = asyncio.run(run())
+    except StoreUnavailable as exc:
+        return _fail(f"the object store cannot be reached: {exc}", 3)
+    grace = config.storage.orphan_grace
+    if args.dry_run:
+        for key in report.keys:
+            print(key)
+        print(
+            f"would delete {len(report.keys)} orphaned objects (intents older than {grace})", file=sys.stderr
+        )
+        return 0
+    print(json.dumps(report.as_json()))
+    return 1 if report.deferred else 0
 
 
 def cmd_storage_check(config: Config, args: argparse.Namespace) -> int:
@@ -632,6 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --apply: do not enable Object Lock (it cannot be undone)",
     )
     check_p.set_defaults(func=cmd_storage_check)
+    orphans_p = storage_p.add_parser(
+        "orphans", help="delete objects left by a crash between their put and its commit"
+    )
+    orphans_p.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted; change nothing"
+    )
+    orphans_p.set_defaults(func=cmd_storage_orphans)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="create an API token and print it once")

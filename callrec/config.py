@@ -248,6 +248,9 @@ class StorageConfig:
     sse: str = ""  # "", "AES256" or "aws:kms"
     sse_kms_key_id: str = ""
     multipart_threshold_mb: int = 16
+    # An object put whose reference (recording row, job) has not committed after this long is an
+    # orphan of a crash and is deleted by the sweeper (callrec.storage.orphans).
+    orphan_grace: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from callrec import faults
 from callrec.db import Conn, audit, holds, jobs, recordings
 from callrec.storage.base import ObjectLocked, ObjectStore
 
@@ -106,6 +107,7 @@ async def delete_objects_now(
             # Held back for us: due now (and the workers are woken).
             await jobs.set_object_deletions_due(conn, pairs, after=timedelta(0))
         return ObjectDeletions(deferred=keys)
+    faults.point("erasure.objects")
     # In transactions of at most _FINISH_CHUNK keys: each holds the audit chain's lock to its end.
     for start in range(0, len(pairs), _FINISH_CHUNK):
         chunk = pairs[start : start + _FINISH_CHUNK]

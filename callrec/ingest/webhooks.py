@@ -24,12 +24,12 @@ from aiohttp import web
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from callrec import erasure
+from callrec import erasure, faults
 from callrec.appkeys import batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config, TenantConfig
 from callrec.consent.jurisdiction import classify, load_consent_laws, locate
 from callrec.crypto import envelope
-from callrec.db import audit, events, jobs, recordings
+from callrec.db import audit, events, intents, jobs, recordings
 from callrec.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from callrec.ingest.media import check_media_url
 from callrec.ingest.tags import TAG_NAMES, parse_tags
@@ -611,7 +611,11 @@ async def pbx_upload(request: web.Request) -> web.Response:
             }
 
         stored = await seal_and_store(
-            request.app, tenant=tenant.name, recording_id=recording_id, source=Path(audio_file.name)
+            request.app,
+            tenant=tenant.name,
+            recording_id=recording_id,
+            source=Path(audio_file.name),
+            by="webhook:upload",
         )
     payload: dict[str, Any] = {
         "recording_id": recording_id,
@@ -643,20 +647,26 @@ async def pbx_upload(request: web.Request) -> web.Response:
                 payload=payload,
                 max_attempts=config.ingest.max_attempts,
             )
+            if created:  # the job now references the staged object
+                await intents.clear(conn, stored["object_key"])
     except BaseException:
-        await _discard_object(request.app, stored["object_key"])
+        await discard_object(request.app, stored["object_key"])
         raise
     if not created:  # a concurrent duplicate won the race: drop our copy
-        await _discard_object(request.app, stored["object_key"])
+        await discard_object(request.app, stored["object_key"])
         return web.json_response({"status": "duplicate", "job_id": job_id}, status=200)
     return web.json_response({"status": "queued", "job_id": job_id, "recording_id": recording_id}, status=202)
 
 
-async def _discard_object(app: web.Application, key: str) -> None:
+async def discard_object(app: web.Application, key: str) -> None:
+    """Delete an object whose reference did not commit, then its intent. When either fails the
+    intent stays and the orphan collector deletes the object after the grace period."""
     try:
         await app[store_key].delete_all_versions(key)
+        async with app[db_key].acquire() as conn:
+            await intents.forget(conn, key)
     except Exception:
-        log.exception("could not remove an unreferenced object; it is ciphertext whose key was discarded")
+        log.warning("could not remove an unreferenced object now; the orphan collector will", exc_info=True)
 
 
 def object_key_for(tenant: str, recording_id: str) -> str:
@@ -665,12 +675,17 @@ def object_key_for(tenant: str, recording_id: str) -> str:
 
 
 async def seal_and_store(
-    app: web.Application, *, tenant: str, recording_id: str, source: Path
+    app: web.Application, *, tenant: str, recording_id: str, source: Path, by: str
 ) -> dict[str, Any]:
     """Encrypt ``source`` under a fresh per-recording key and store the ciphertext.
 
     Returns the job-payload fields that locate it: object key and version, ciphertext size
     and the wrapped key (base64). The plaintext never reaches the object store.
+
+    Before the put, an intent row names the key (``by``: who puts it, e.g. ``job:<id>``) in a
+    transaction of its own; the caller removes it with :func:`callrec.db.intents.clear` in the
+    transaction that commits its reference to the object, or through :func:`discard_object`.
+    Until then the object is the orphan collector's after ``[storage] orphan_grace``.
     """
     config = app[config_key]
     kek = await app[keys_key].kek(tenant)
@@ -689,8 +704,12 @@ async def seal_and_store(
             return sealed.tell()
 
         ciphertext_bytes = await asyncio.to_thread(encrypt)
+        faults.point("encrypt")
         key = object_key_for(tenant, recording_id)
+        async with app[db_key].acquire() as conn:
+            await intents.record(conn, tenant=tenant, object_key=key, by=by)
         stored = await app[store_key].put_file(key, Path(sealed.name))
+        faults.point("store")
     return {
         "object_key": stored.key,
         "object_version": stored.version_id,

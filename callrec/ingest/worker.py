@@ -44,7 +44,7 @@ import asyncpg
 import phonenumbers
 from aiohttp import web
 
-from callrec import audio, erasure
+from callrec import audio, erasure, faults
 from callrec.appkeys import config_key, db_key, keys_key, store_key
 from callrec.config import TenantConfig
 from callrec.consent.announcement import Prompt, PromptError, verify_announcement
@@ -53,7 +53,7 @@ from callrec.consent.jurisdiction import ConsentLaws, Jurisdiction, classify, lo
 from callrec.consent.policy import Decision, PolicyInput, Reason, decide
 from callrec.consent.redaction import RedactionError, Span, merge, redact_file, spans_from_events
 from callrec.crypto import envelope
-from callrec.db import Conn, announcements, audit, deletions, events, holds, jobs, recordings
+from callrec.db import Conn, announcements, audit, deletions, events, holds, intents, jobs, recordings
 from callrec.errors import BadRequest, CallrecError
 from callrec.ingest.media import MediaError, check_media_url, download
 from callrec.ingest.remote import PROVIDERS
@@ -63,6 +63,7 @@ from callrec.ingest.webhooks import (
     INGEST_TWILIO,
     INGEST_UPLOAD,
     INGEST_VONAGE,
+    discard_object,
     seal_and_store,
     sign_body,
     spool_dir,
@@ -491,6 +492,7 @@ class Worker:
             directory=spool_dir(self.config),
         )
         try:
+            faults.point("download")
             await self._decide_and_store(
                 intake, downloaded.path, sha256=downloaded.sha256, size=downloaded.size, original=None
             )
@@ -537,6 +539,7 @@ class Worker:
                 return digest.hexdigest()
 
             digest = await asyncio.to_thread(decrypt)
+            faults.point("download")
             if digest != p["sha256"]:
                 raise PermanentError("the stored upload does not match the SHA-256 taken at receipt")
             await self._decide_and_store(
@@ -607,6 +610,7 @@ class Worker:
 
         Every decode runs under ``[ingest] max_duration`` (callrec.audio's caps); a redacted
         recording is stored as FLAC, at most ``[ingest] max_media_mb`` like any other."""
+        faults.point("decode")
         max_ms = int(self.config.ingest.max_duration.total_seconds() * 1000)
         # An AudioError is permanent but for a truncated download (see process and REFETCHED_KINDS).
         info = await asyncio.to_thread(audio.probe_file, plain, max_duration_ms=max_ms)
@@ -639,6 +643,7 @@ class Worker:
         with tempfile.TemporaryDirectory(dir=spool_dir(self.config), prefix="redact-") as work:
             source = plain
             if spans:
+                faults.point("redact")
                 source = Path(work) / "redacted.flac"
                 await asyncio.to_thread(
                     redact_file,
@@ -663,6 +668,7 @@ class Worker:
                     tenant=intake.tenant.name,
                     recording_id=intake.job.payload["recording_id"],
                     source=source,
+                    by=f"job:{intake.job.id}",
                 )
                 discard = stored["object_key"]
         now = datetime.now(UTC)
@@ -972,6 +978,7 @@ class Worker:
                     held = bool(await holds.active_covering(conn, tenant=tenant.name, recording_id=rid))
                     targets.append((rec.object_key, rec.object_version, held))
             for key, version, held in targets:
+                faults.point("hold.sync")
                 await store.set_legal_hold(key, version_id=version, on=held)
         async with self.pool.acquire() as conn, conn.transaction():
             if not await jobs.complete(conn, job.id, worker_id=_holder(job)):
@@ -1060,7 +1067,10 @@ class Worker:
                     conn, job.id, worker_id=_holder(job), result={"recording_id": str(rec.id)}
                 ):
                     raise LeaseLost
-                if await recordings.insert(conn, rec):
+                inserted = await recordings.insert(conn, rec)
+                if inserted and discard_on_failure:  # the object this attempt stored, referenced now
+                    await intents.clear(conn, discard_on_failure)
+                if inserted:
                     await audit.record(
                         conn,
                         tenant=tenant.name,
@@ -1114,11 +1124,13 @@ class Worker:
                             payload={"object_key": superseded_object, "recording_id": str(rec.id)},
                             max_attempts=self.config.ingest.max_attempts,
                         )
+                faults.point("commit")
         except BaseException:
             if discard_on_failure:
-                with contextlib.suppress(Exception):
-                    await self.app[store_key].delete_all_versions(discard_on_failure)
+                await discard_object(self.app, discard_on_failure)
             raise
+        if not inserted and discard_on_failure:  # the recording was there already: ours is spare
+            await discard_object(self.app, discard_on_failure)
         self.app[metrics_key].ingested_bytes.inc(rec.size_bytes or 0)
 
 

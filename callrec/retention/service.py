@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from callrec import erasure
+from callrec import erasure, faults
 from callrec.config import TenantConfig
 from callrec.db import Conn, audit, deletions, holds, jobs
 
@@ -233,6 +233,7 @@ async def process_request(
             max_attempts=max_attempts,
             erased_objects=erased_objects,
         )
+        faults.point("deletion.decide")
     if erased_objects is not None:
         await erasure.hold_back_object_jobs(conn, erased_objects[first:])
     await _settle(conn, req, max_attempts=max_attempts)
@@ -367,6 +368,7 @@ async def resolve_withheld(conn: Conn, *, tenant: str, actor: str, max_attempts:
             == "deleted"
         ):
             erased.append(recording_id)
+            faults.point("hold.release")
     for req in touched.values():
         await _settle(conn, req, max_attempts=max_attempts)
     return erased

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from callrec import erasure
+from callrec import erasure, faults
 from callrec.db import recordings
 from callrec.retention import service
+from callrec.storage import orphans
 from callrec.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class SweepReport:
     object_deletions_deferred: int = 0
     held: int = 0
     withheld_released: int = 0
+    orphans: orphans.OrphanReport = field(default_factory=orphans.OrphanReport)
     tenants: set[str] = field(default_factory=set)
 
     def as_json(self) -> dict[str, object]:
@@ -46,6 +48,7 @@ class SweepReport:
             "object_deletions_deferred": self.object_deletions_deferred,
             "held": self.held,
             "withheld_released": self.withheld_released,
+            **self.orphans.as_json(),
         }
 
 
@@ -60,10 +63,12 @@ async def sweep(
     dry_run: bool = False,
     now: datetime | None = None,
     max_batches: int | None = None,
+    orphan_grace: timedelta | None = None,
 ) -> SweepReport:
     """Run until nothing expired and unheld is left (or ``max_batches``). ``batch`` recordings
     are erased per transaction; their objects are deleted once ``object_batch`` have gathered
-    (more keys per store call lets the S3 store list a shared prefix instead of each key)."""
+    (more keys per store call lets the S3 store list a shared prefix instead of each key).
+    With ``orphan_grace``, the orphan collector runs afterwards (:mod:`callrec.storage.orphans`)."""
     now = now or datetime.now(UTC)
     report = SweepReport()
     async with pool.acquire() as conn:
@@ -71,6 +76,8 @@ async def sweep(
     if dry_run:
         async with pool.acquire() as conn, conn.transaction():
             report.expired = len(await recordings.expired_batch(conn, now=now, limit=1_000_000))
+        if orphan_grace is not None:
+            report.orphans = await orphans.collect(pool, store, grace=orphan_grace, dry_run=True)
         return report
 
     batches = 0
@@ -96,6 +103,7 @@ async def sweep(
                         erased.append((tenant, result.object_key))
             # This sweeper deletes these objects itself: workers leave their jobs alone meanwhile.
             await erasure.hold_back_object_jobs(conn, erased[first:])
+        faults.point("sweep.batch")
         report.expired += len(due)
         if len(erased) >= object_batch:
             await _delete_objects(pool, store, erased, report)
@@ -112,6 +120,8 @@ async def sweep(
                 conn, tenant=tenant, actor=SWEEPER_ACTOR, max_attempts=max_attempts
             )
         report.withheld_released += len(released)
+    if orphan_grace is not None:
+        report.orphans = await orphans.collect(pool, store, grace=orphan_grace)
     log.info("sweep: %s", report.as_json())
     return report
 
@@ -120,6 +130,7 @@ async def _delete_objects(
     pool: asyncpg.Pool, store: ObjectStore, erased: list[tuple[str, str]], report: SweepReport
 ) -> None:
     """Delete the erased recordings' objects now; on failure their queued jobs retry later."""
+    faults.point("sweep.objects")
     result = await erasure.delete_objects_now(pool, store, erased, actor=SWEEPER_ACTOR)
     report.objects_deleted += len(result.deleted)
     report.object_deletions_deferred += len(result.deferred)

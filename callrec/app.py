@@ -14,7 +14,7 @@ import aiohttp_jinja2
 import asyncpg
 from aiohttp import web
 
-from callrec import audio, serverlog
+from callrec import audio, serverlog, spool
 from callrec.anchoring import open_anchor_store
 from callrec.anchoring.service import run_periodic as run_anchoring
 from callrec.api import access as api_access
@@ -225,6 +225,8 @@ def create_app(config: Config, *, run_workers: bool = True) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Plaintext audio that processes killed mid-job left in the spool goes first.
+        await asyncio.to_thread(spool.reclaim, config.data_dir)
         audio.configure_ffmpeg()
         provider = await asyncio.to_thread(open_key_provider, config.keys, keyring_path=config.keyring_path)
         for tenant in config.tenants:

@@ -35,6 +35,7 @@ from callrec.ingest.media import check_media_url
 from callrec.ingest.tags import TAG_NAMES, parse_tags
 from callrec.providers import plivo, twilio, vonage
 from callrec.providers.base import InvalidEvent
+from callrec.spool import directory as spool_directory
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,8 @@ def tenant_of(request: web.Request) -> TenantConfig:
 
 
 def spool_dir(config: Config) -> Path:
-    path = config.data_dir / "spool"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    """This process's private scratch directory (:mod:`callrec.spool`)."""
+    return spool_directory(config.data_dir)
 
 
 async def read_body(request: web.Request, limit: int, too_large: str) -> bytes:

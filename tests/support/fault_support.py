@@ -322,12 +322,14 @@ def fixture_audio(audio_fixtures: Path, name: str = "call-without-announcement.w
 
 
 async def listen_token(app: Any) -> str:
-    """An API token of tenant acme that may listen to recordings."""
+    """An API token of tenant acme that may list recordings and listen to them."""
     from callrec.appkeys import db_key
     from callrec.db import tokens
 
     async with app[db_key].acquire() as conn:
-        _, token = await tokens.create(conn, tenant="acme", name="faults", scopes=["recordings:listen"])
+        _, token = await tokens.create(
+            conn, tenant="acme", name="faults", scopes=["recordings:read", "recordings:listen"]
+        )
     return token
 
 
@@ -339,3 +341,41 @@ async def audio_digest(client: Any, token: str, recording_id: Any) -> str | None
     if resp.status != 200:
         return None
     return hashlib.sha256(await resp.read()).hexdigest()
+
+
+def vm_rss_kib(pid: int) -> int:
+    """A live process's resident set size now (VmRSS) in KiB; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+class RssSampler:
+    """The peak of the test process's own RSS while a block runs (the app under test lives in
+    it; VmHWM would include everything the session did before)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_kib = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.peak_kib = max(self.peak_kib, vm_rss_kib(os.getpid()))
+            await asyncio.sleep(self.interval)
+
+    async def __aenter__(self) -> RssSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.peak_kib = max(self.peak_kib, vm_rss_kib(os.getpid()))

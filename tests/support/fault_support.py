@@ -379,3 +379,47 @@ class RssSampler:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self.peak_kib = max(self.peak_kib, vm_rss_kib(os.getpid()))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serving(env: dict[str, str], *, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`callrec serve --no-workers` on 127.0.0.1:``port``, ready (``/healthz``) before it is
+    yielded; stopped (SIGTERM, then SIGKILL) on the way out unless it died already."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callrec",
+        "serve",
+        "--no-workers",
+        env={**env, "CALLREC_SERVER__HOST": "127.0.0.1", "CALLREC_SERVER__PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.returncode is None, "callrec serve exited while starting"
+                assert time.monotonic() < deadline, "callrec serve did not start within 60 s"
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.25)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -8,6 +8,7 @@ shows it), kept as a junit property, and appended to the file named by
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,19 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 REPORT_ENV = "CALLREC_TEST_FAULT_REPORT"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_moto_access_log() -> Iterator[None]:
+    """moto's server logs every S3 request through werkzeug: hundreds of lines that would bury the
+    counts in ``-rA`` output."""
+    logger = logging.getLogger("werkzeug")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # --- counts -----------------------------------------------------------------------------------

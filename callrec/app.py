@@ -56,6 +56,12 @@ UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # A restart or failover ends every session (57P01/57P02). A statement sent on a connection whose
+    # termination notice has arrived but whose socket is not closed yet fails inside asyncpg's
+    # protocol ("cannot switch to state ..."): seen in tests/faults under a database restart.
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,
     ObjectCollected,  # an upload slower than [storage] orphan_grace: its sender sends it again
 )
 

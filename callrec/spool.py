@@ -78,6 +78,14 @@ def reclaim(data_dir: Path) -> int:
     return removed
 
 
+def files(data_dir: Path) -> list[Path]:
+    """Every file in the spool, every process's, but the lock files: what is there in flight."""
+    root = data_dir / "spool"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != _LOCK)
+
+
 def _owner_gone(path: Path) -> bool:
     try:
         fd = os.open(path / _LOCK, os.O_RDWR | os.O_CLOEXEC)

@@ -43,12 +43,12 @@ REDACT = [{"start_ms": 1000, "end_ms": 2500}]
 @pytest.fixture
 async def crash_client(app_config: Any, moto_endpoint: str, aiohttp_client: Any) -> Any:
     """The web side in the test's process (no workers: those run as `callrec worker`), on a bucket
-    of its own. Leases are short so that a killed worker's jobs are taken over in seconds (until
-    leases renewed by a heartbeat make that the default)."""
+    of its own. Leases of 3 s (renewed every second by the heartbeat) instead of 30 s, so that a
+    killed worker's jobs are taken over in seconds."""
     bucket = make_bucket(moto_endpoint)
     cfg = app_config(
         storage=s3_storage(moto_endpoint, bucket, orphan_grace="1h"),
-        ingest={"lease": "3s", "retry_base": "1s", "max_attempts": 8, "workers": 2},
+        ingest={"lease": "3s", "heartbeat": "1s", "retry_base": "1s", "max_attempts": 8, "workers": 2},
     )
     client = await aiohttp_client(create_app(cfg, run_workers=False))
     client.bucket = bucket
@@ -196,7 +196,9 @@ async def test_workers_killed_at_every_stage_lose_nothing_and_duplicate_nothing(
 async def test_a_job_whose_worker_dies_on_every_attempt_goes_dead_and_jobs_retry_finishes_it(
     app_config: Any, aiohttp_client: Any, fake_twilio: Any, audio_fixtures: Path, counts: dict[str, Any]
 ) -> None:
-    cfg = app_config(ingest={"lease": "2s", "retry_base": "1s", "max_attempts": 2, "workers": 1})
+    cfg = app_config(
+        ingest={"lease": "2s", "heartbeat": "1s", "retry_base": "1s", "max_attempts": 2, "workers": 1}
+    )
     client = await aiohttp_client(create_app(cfg, run_workers=False))
     sid = new_twilio_sid()
     fake_twilio.media[sid] = (audio_fixtures / "call-without-announcement.wav").read_bytes()

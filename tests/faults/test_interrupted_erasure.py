@@ -43,7 +43,7 @@ async def held_client(app_config: Any, moto_endpoint: str, aiohttp_client: Any) 
     bucket = make_bucket(moto_endpoint, object_lock=True)
     cfg = app_config(
         storage=s3_storage(moto_endpoint, bucket),
-        ingest={"lease": "2s", "retry_base": "1s", "workers": 1},
+        ingest={"lease": "2s", "heartbeat": "1s", "retry_base": "1s", "workers": 1},
         retention={"sweep_in_serve": False},
     )
     client = await aiohttp_client(create_app(cfg, run_workers=False))

@@ -32,6 +32,7 @@ import pytest
 from twilio.request_validator import RequestValidator
 from twilio_support import PUBLIC_BASE, TWILIO_SID, TWILIO_TOKEN
 
+from callrec import spool
 from callrec.app import create_app, worker_key
 from callrec.appkeys import config_key, db_key
 from callrec.config import ConfigError, config_from_mapping
@@ -284,8 +285,7 @@ async def test_slow_loris_upload_is_cut_off(caps_client: Any) -> None:
     elapsed = time.monotonic() - started
     async with client.app[db_key].acquire() as conn:
         queued = await conn.fetchval("SELECT count(*) FROM jobs")
-    spool = client.app[config_key].data_dir / "spool"
-    left = [p.name for p in spool.iterdir()] if spool.exists() else []
+    left = [p.name for p in spool.files(client.app[config_key].data_dir)]
     status_line, _, rest = answer.partition(b"\r\n")
     print(
         f"\nslow loris: sent {sent} of 1,000,000 bytes, answer {status_line!r} after {elapsed:.1f} s;"

@@ -18,16 +18,10 @@ from callrec.appkeys import db_key
 from callrec.faults import KILL_AT_ENV
 
 
-def spooled_files(data_dir: Path) -> list[Path]:
-    """Every file under the spool except the per-process lock files."""
-    root = data_dir / "spool"
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".lock") if root.is_dir() else []
-
-
 async def test_a_worker_killed_mid_job_leaves_no_plaintext_once_another_starts(
     app_config: Any, aiohttp_client: Any, fake_twilio: Any, audio_fixtures: Path, counts: dict[str, Any]
 ) -> None:
-    cfg = app_config(ingest={"lease": "2s", "retry_base": "1s", "workers": 1})
+    cfg = app_config(ingest={"lease": "2s", "heartbeat": "1s", "retry_base": "1s", "workers": 1})
     client = await aiohttp_client(create_app(cfg, run_workers=False))
     audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     sid = new_twilio_sid()
@@ -43,7 +37,7 @@ async def test_a_worker_killed_mid_job_leaves_no_plaintext_once_another_starts(
     async with workers(process_env(cfg, **{KILL_AT_ENV: "decode"}), max_starts=1) as group:
         await wait_until(lambda: _died(group), timeout=60, step=0.25)
     assert group.exits == [] and group.procs[0].returncode == -signal.SIGKILL, group.log_tail()
-    left = spooled_files(cfg.data_dir)
+    left = spool.files(cfg.data_dir)
     assert any(p.read_bytes() == audio for p in left), left  # what the crash leaves behind
 
     async def done() -> bool:
@@ -52,7 +46,7 @@ async def test_a_worker_killed_mid_job_leaves_no_plaintext_once_another_starts(
     async with workers(process_env(cfg)) as group:
         finished = await wait_until(done, timeout=60, step=0.25, tend=group)
     assert finished, group.log_tail()
-    assert spooled_files(cfg.data_dir) == []  # the dead worker's plaintext is gone
+    assert spool.files(cfg.data_dir) == []  # the dead worker's plaintext is gone
     counts.update(kills=1, spool_files_after_crash=len(left), spool_files_after_restart=0)
 
 

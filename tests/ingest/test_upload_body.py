@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from callrec import spool
 from callrec.appkeys import config_key, db_key
 
 SECRET = "pbx-shared-secret-for-tests"  # tenant acme's webhook_secret (tests/conftest.py)
@@ -53,8 +54,7 @@ async def post(client: Any, body: Any, *, boundary: str = BOUNDARY, signature: s
 
 
 def spool_files(client: Any) -> list[Path]:
-    spool = client.app[config_key].data_dir / "spool"
-    return sorted(p for p in spool.rglob("*") if p.is_file()) if spool.exists() else []
+    return spool.files(client.app[config_key].data_dir)
 
 
 async def assert_nothing_kept(client: Any) -> None:

@@ -123,11 +123,13 @@ def process_env(config: Config, **extra: str) -> dict[str, str]:
             "CALLREC_INGEST__MEDIA_HOSTS": ",".join(ingest.media_hosts),
             "CALLREC_INGEST__WORKERS": str(ingest.workers),
             "CALLREC_INGEST__LEASE": _seconds(ingest.lease),
+            "CALLREC_INGEST__HEARTBEAT": _seconds(ingest.heartbeat),
             "CALLREC_INGEST__RETRY_BASE": _seconds(ingest.retry_base),
             "CALLREC_INGEST__MAX_ATTEMPTS": str(ingest.max_attempts),
             "CALLREC_RETENTION__SWEEP_BATCH": str(config.retention.sweep_batch),
             "CALLREC_TENANTS__ACME__TWILIO_ACCOUNT_SID": acme.twilio_account_sid,
             "CALLREC_TENANTS__ACME__TWILIO_AUTH_TOKEN": acme.twilio_auth_token,
+            "CALLREC_TENANTS__ACME__TWILIO_API_BASE": acme.twilio_api_base,
             "CALLREC_TENANTS__ACME__WEBHOOK_SECRET": acme.webhook_secret,
             "CALLREC_TENANTS__ACME__RETENTION": _seconds(acme.retention),
             "CALLREC_TENANTS__OTHER__RETENTION": "90d",
@@ -302,11 +304,10 @@ def s3_storage(endpoint: str, bucket: str, **extra: Any) -> dict[str, Any]:
 
 
 def spool_leftovers(config: Config) -> list[str]:
-    """Files under the spool other than the per-process lock files (callrec.spool)."""
-    root = config.data_dir / "spool"
-    if not root.is_dir():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".lock")
+    """Files in the spool (callrec.spool), the per-process lock files aside."""
+    from callrec import spool
+
+    return [str(p.relative_to(config.data_dir)) for p in spool.files(config.data_dir)]
 
 
 def peak_rss_mib(kib: int) -> float:

@@ -274,11 +274,12 @@ async def wait_until(
 
 
 def bucket_versions(endpoint: str, bucket: str, prefix: str) -> dict[str, list[str]]:
-    """Every object version and delete marker in the bucket, by key (prefix removed). Listing is
-    for the test's comparison only; callrec itself never lists to find orphans."""
+    """Every object version and delete marker under the recordings' ``prefix``, by key (prefix
+    removed); the audit anchors have a prefix of their own. Listing is for the test's comparison
+    only; callrec itself never lists to find orphans."""
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     found: dict[str, list[str]] = {}
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
             found.setdefault(item["Key"].removeprefix(prefix), []).append(item["VersionId"])
     return found

@@ -509,7 +509,7 @@ async def app_client(aiohttp_client: Any, app_config: Any) -> Any:
                 "plivo_auth_token": PLIVO_TOKEN,
             },
             "other": {"webhook_secret": "other-secret"},
-        }
+        },
     )
     return await aiohttp_client(create_app(cfg, run_workers=False))
 

@@ -77,6 +77,8 @@ DELETION_OUTCOMES = ("deleted", "withheld_legal_hold", "already_deleted")
 DELETE_PROVIDER_COPY = "provider.delete_copy"
 WORKER_ACTOR = "system:worker"
 IDLE_POLL_S = 5.0
+# After an unexpected error in a claim loop, so that a persistent one cannot spin.
+LOOP_ERROR_PAUSE_S = 1.0
 # After a failed lease renewal the heartbeat tries again this soon (until the lease runs out).
 HEARTBEAT_RETRY_S = 1.0
 # The least time a renewal is given, even when a lease is about to run out.
@@ -199,6 +201,13 @@ class Worker:
                 worked = await self.run_once()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 log.warning("job queue unreachable; retrying shortly", exc_info=True)
+                worked = False
+            except Exception:
+                # Anything else (asyncpg's InternalClientError when the server ends a session under
+                # a statement, a bug) must not end this loop: the process would go on answering
+                # HTTP while claiming nothing. Log it and try again after a pause.
+                log.exception("the job loop failed; retrying shortly")
+                await asyncio.sleep(LOOP_ERROR_PAUSE_S)
                 worked = False
             if worked or self._stopping:
                 continue

@@ -206,3 +206,38 @@ async def test_attempts_count_only_claims_that_ended_without_an_outcome(client: 
         failed = await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'ingest:failed'")
     assert row["state"] == "dead" and "on every attempt" in row["last_error"]
     assert failed == 1
+
+
+async def test_an_unexpected_error_in_a_claim_does_not_end_the_loop(
+    aiohttp_client: Any, app_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg's InternalClientError (a session ended by a database restart under a statement) from
+    a claim ended the worker's run loop: the process went on serving HTTP but never claimed again."""
+    cfg = app_config(ingest={"workers": 1, "lease": "3s", "heartbeat": "1s", "shutdown_grace": "1s"})
+    app = create_app(cfg, run_workers=True)
+    failures = 0
+    real_claim = Worker.claim
+
+    async def claim_failing_once(self: Worker) -> jobs.Job | None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress")
+        return await real_claim(self)
+
+    monkeypatch.setattr(Worker, "claim", claim_failing_once)
+    client = await aiohttp_client(app)
+    worker = client.app[worker_key]
+    pool = client.app[db_key]
+    handler = LongJob(pool)
+    worker.register(KIND, handler)
+    await until(lambda: failures == 1)
+    job_id = await enqueue(pool)
+    handler.finish.set()
+    async with pool.acquire() as conn:
+
+        async def done() -> bool:
+            return await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "done"
+
+        await until(done)
+    assert failures == 1 and handler.started.is_set()

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from callrec.errors import BadRequest
+from callrec.errors import BadRequest, PayloadTooLarge
 
 MAX_JSON_BYTES = 1024 * 1024
 # No request body callrec takes is nested more than a few levels; deeper is refused.
@@ -63,6 +63,20 @@ def parse_time(raw: str, name: str, *, default_utc: bool = False) -> datetime:
         return parsed.astimezone(UTC)
     except OverflowError:
         raise BadRequest(f"{name} is out of range", code="invalid_parameter") from None
+
+
+async def read_body(request: web.Request, limit: int, too_large: str) -> bytes:
+    """The whole body, up to ``limit`` bytes (413 with ``too_large`` past it, before reading when
+    Content-Length says so). Reads until the end: one ``content.read(n)`` returns only what has
+    arrived so far, and a body sent in pieces would be checked on its first piece."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(too_large)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(too_large)
+    return bytes(body)
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

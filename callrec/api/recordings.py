@@ -14,7 +14,7 @@ from aiohttp import web
 
 from callrec import rights
 from callrec.api.auth import InsufficientScope, actor, authenticate
-from callrec.api.body import clean_text, json_object, parse_time, required_str
+from callrec.api.body import clean_text, json_object, parse_time, read_body, required_str
 from callrec.appkeys import config_key, db_key, keys_key
 from callrec.consent import quarantine
 from callrec.db import Conn, audit, holds, recordings
@@ -221,16 +221,7 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def _search_body(request: web.Request) -> dict[str, Any]:
     """The search's JSON object, read up to MAX_SEARCH_BYTES whatever the Content-Length says."""
-    too_large = BadRequest(
-        f"the body is over {MAX_SEARCH_BYTES // 1024} KiB", code="payload_too_large", status=413
-    )
-    if request.content_length is not None and request.content_length > MAX_SEARCH_BYTES:
-        raise too_large
-    raw = bytearray()
-    async for chunk in request.content.iter_chunked(4096):
-        raw += chunk
-        if len(raw) > MAX_SEARCH_BYTES:
-            raise too_large
+    raw = await read_body(request, MAX_SEARCH_BYTES, f"the body is over {MAX_SEARCH_BYTES // 1024} KiB")
     try:
         body = json.loads(raw)
     # UnicodeDecodeError is a ValueError; 8 KiB of "[" nests deeper than the decoder recurses.

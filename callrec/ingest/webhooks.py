@@ -25,6 +25,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from callrec import erasure, faults
+from callrec.api.body import read_body
 from callrec.appkeys import batcher_key, config_key, db_key, keys_key, store_key
 from callrec.config import Config, TenantConfig
 from callrec.consent.jurisdiction import classify, load_consent_laws, locate
@@ -64,20 +65,6 @@ def tenant_of(request: web.Request) -> TenantConfig:
 def spool_dir(config: Config) -> Path:
     """This process's private scratch directory (:mod:`callrec.spool`)."""
     return spool_directory(config.data_dir)
-
-
-async def read_body(request: web.Request, limit: int, too_large: str) -> bytes:
-    """The whole body, up to ``limit`` bytes (413 with ``too_large`` past it, before reading when
-    Content-Length says so). Reads until the end: one ``content.read(n)`` returns only what has
-    arrived so far, and a body sent in pieces would be checked on its first piece."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(too_large)
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(65536):
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(too_large)
-    return bytes(body)
 
 
 async def form_params(request: web.Request) -> list[tuple[str, str]]:
@@ -312,6 +299,19 @@ def _parse_signature_header(value: str) -> tuple[int, list[str]]:
     return timestamp, signatures
 
 
+def _callrec_mac(secret: str, timestamp: int) -> hmac.HMAC:
+    """The Callrec-Signature MAC, HMAC-SHA256(secret, "<t>.<body>"), fed the prefix; the caller
+    feeds the body (at once, or as it streams in)."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode(), hashlib.sha256)
+
+
+def _require_match(mac: hmac.HMAC, signatures: list[str]) -> None:
+    """403 unless one of the header's ``v1`` values is the MAC (several allowed: secret rotation)."""
+    expected = mac.hexdigest()
+    if not any(hmac.compare_digest(expected, sig) for sig in signatures):
+        raise Forbidden("the Callrec-Signature does not match the body", code="invalid_signature")
+
+
 def check_signature_time(timestamp: int, *, now: float | None = None) -> None:
     skew = abs((time.time() if now is None else now) - timestamp)
     if skew > SIGNATURE_TOLERANCE_S:
@@ -444,7 +444,7 @@ async def spool_signed_body(
 ) -> None:
     """Write the body to ``raw`` as it streams in, computing the Callrec-Signature MAC over it;
     413 past ``limit`` bytes, 403 when no signature matches. Nothing in it is parsed here."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode(), hashlib.sha256)
+    mac = _callrec_mac(secret, timestamp)
     total = 0
     async for chunk in request.content.iter_chunked(_SPOOL_CHUNK):
         total += len(chunk)
@@ -453,9 +453,7 @@ async def spool_signed_body(
         mac.update(chunk)
         raw.write(chunk)
     raw.flush()
-    expected = mac.hexdigest()
-    if not any(hmac.compare_digest(expected, sig) for sig in signatures):
-        raise Forbidden("the Callrec-Signature does not match the body", code="invalid_signature")
+    _require_match(mac, signatures)
 
 
 _UPLOAD_KEYS = {"call_id", "recording_id", "started_at", "from", "to", "direction", "redact", *TAG_NAMES}
@@ -738,8 +736,9 @@ _EVENT_KEYS = {
 def sign_body(secret: str, body: bytes, *, now: int | None = None) -> str:
     """``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``: how callrec signs what it sends."""
     timestamp = int(time.time()) if now is None else now
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+    mac = _callrec_mac(secret, timestamp)
+    mac.update(body)
+    return f"t={timestamp},v1={mac.hexdigest()}"
 
 
 def verify_callrec_signature(header: str, body: bytes, secret: str) -> None:
@@ -747,9 +746,9 @@ def verify_callrec_signature(header: str, body: bytes, secret: str) -> None:
     so a secret can be rotated); raises Forbidden when missing, stale or wrong."""
     timestamp, signatures = _parse_signature_header(header)
     check_signature_time(timestamp)
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, sig) for sig in signatures):
-        raise Forbidden("the Callrec-Signature does not match the body", code="invalid_signature")
+    mac = _callrec_mac(secret, timestamp)
+    mac.update(body)
+    _require_match(mac, signatures)
 
 
 def parse_call_event(body: bytes) -> dict[str, Any]:

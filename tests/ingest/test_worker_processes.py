@@ -44,19 +44,7 @@ async def test_two_worker_processes_share_the_queue(
     audio = (audio_fixtures / "call-without-announcement.wav").read_bytes()
     n = 12
     fake_twilio.media_delay = 0.5  # 12 jobs take one process (2 at a time) 3 s: the second joins in
-    for _ in range(n):
-        sid = "RE" + uuid.uuid4().hex
-        fake_twilio.media[sid] = audio
-        form = {
-            "AccountSid": TWILIO_SID,
-            "CallSid": "CA" + uuid.uuid4().hex,
-            "RecordingSid": sid,
-            "RecordingUrl": fake_twilio.recording_url(sid),
-            "RecordingStatus": "completed",
-        }
-        path = "/webhooks/twilio/acme?consent=granted&basis=contract"
-        sig = RequestValidator(TWILIO_TOKEN).compute_signature("https://callrec.example.test" + path, form)
-        assert (await client.post(path, data=form, headers={"X-Twilio-Signature": sig})).status == 202
+    await queue_recordings(client, fake_twilio, audio, n)
 
     env = worker_env(tmp_path, database_url, fake_twilio.base)
     procs = [
